@@ -1,0 +1,3 @@
+from sftp_gateway.cli import main
+
+main()

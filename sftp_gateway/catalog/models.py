@@ -1,0 +1,106 @@
+"""The catalog's tables: users and keys, uploads, the event outbox, emails sent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254))
+    home: Mapped[str] = mapped_column(String(512))
+    permissions: Mapped[str] = mapped_column(String(200))  # comma-separated
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    keys: Mapped[list[UserKeyRow]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", order_by="UserKeyRow.id"
+    )
+
+
+class UserKeyRow(Base):
+    __tablename__ = "user_keys"
+    __table_args__ = (UniqueConstraint("user_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(100))
+    key_type: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(Text)  # the authorized_keys line, options dropped
+    comment: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user: Mapped[UserRow] = relationship(back_populates="keys")
+
+
+class UploadRow(Base):
+    __tablename__ = "uploads"
+    __table_args__ = (
+        Index("ix_uploads_key", "bucket", "object_key"),
+        Index("ix_uploads_user_started", "user_name", "started_at"),
+        Index("ix_uploads_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(64))
+    key_fingerprint: Mapped[str | None] = mapped_column(String(100))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    client_version: Mapped[str | None] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    bucket: Mapped[str] = mapped_column(String(63))
+    object_key: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    s3_upload_id: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    mtime: Mapped[int | None] = mapped_column(BigInteger)
+    # Resume state: committed parts [{"n","etag","size","checksum"}] and hash state.
+    parts: Mapped[list | None] = mapped_column(JSON)
+    resume_state: Mapped[dict | None] = mapped_column(JSON)
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "sent_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    upload_id: Mapped[str] = mapped_column(String(36), index=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class SentEmailRow(Base):
+    """One row per event_id already emailed, so a redelivered message sends nothing."""
+
+    __tablename__ = "sent_emails"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recipients: Mapped[str] = mapped_column(Text)

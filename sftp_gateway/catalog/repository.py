@@ -1,0 +1,427 @@
+"""The catalog repository: the only place that speaks SQL.
+
+Callers get plain frozen records back, never ORM objects, so no session leaks out
+and the rest of the code does not care which database is behind it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from sftp_gateway.auth import Principal, PublicKey
+from sftp_gateway.catalog.models import OutboxRow, SentEmailRow, UploadRow, UserKeyRow, UserRow
+from sftp_gateway.events.schema import UPLOAD_COMPLETED, UPLOAD_FAILED, build_event
+
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+FAILED = "failed"
+ABORTED = "aborted"
+INTERRUPTED = "interrupted"
+STATUSES = (IN_PROGRESS, COMPLETED, FAILED, ABORTED, INTERRUPTED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts
+
+
+class CatalogError(Exception):
+    """A catalog operation the caller asked for cannot be done (message for the CLI)."""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    name: str
+    email: str | None
+    home: str
+    permissions: frozenset[str]
+    created_at: datetime
+    keys: tuple[PublicKey, ...]
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    id: str
+    user_name: str
+    path: str
+    bucket: str
+    object_key: str
+    status: str
+    started_at: datetime
+    size: int = 0
+    sha256: str | None = None
+    content_type: str | None = None
+    key_fingerprint: str | None = None
+    client_ip: str | None = None
+    client_version: str | None = None
+    completed_at: datetime | None = None
+    s3_upload_id: str | None = None
+    error: str | None = None
+    mtime: int | None = None
+    parts: list[dict[str, Any]] | None = None
+    resume_state: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for name in ("started_at", "completed_at"):
+            out[name] = out[name].isoformat() if out[name] else None
+        out.pop("parts", None)
+        out.pop("resume_state", None)
+        return out
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    id: int
+    event_id: str
+    event_type: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _upload_record(row: UploadRow) -> UploadRecord:
+    return UploadRecord(
+        id=row.id,
+        user_name=row.user_name,
+        path=row.path,
+        bucket=row.bucket,
+        object_key=row.object_key,
+        status=row.status,
+        started_at=_aware(row.started_at),  # type: ignore[arg-type]
+        size=row.size,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        key_fingerprint=row.key_fingerprint,
+        client_ip=row.client_ip,
+        client_version=row.client_version,
+        completed_at=_aware(row.completed_at),
+        s3_upload_id=row.s3_upload_id,
+        error=row.error,
+        mtime=row.mtime,
+        parts=row.parts,
+        resume_state=row.resume_state,
+    )
+
+
+def _user_record(row: UserRow) -> UserRecord:
+    keys = tuple(
+        PublicKey(key.key_type, _key_blob(key.public_key), key.comment) for key in row.keys
+    )
+    return UserRecord(
+        name=row.name,
+        email=row.email,
+        home=row.home,
+        permissions=frozenset(p for p in row.permissions.split(",") if p),
+        created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        keys=keys,
+    )
+
+
+def _key_blob(line: str) -> bytes:
+    return base64.b64decode(line.split()[1])
+
+
+class Catalog:
+    """Users, uploads, the outbox and sent emails, over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- users ---------------------------------------------------------------------
+
+    def add_user(
+        self,
+        name: str,
+        key: PublicKey,
+        *,
+        home: str,
+        permissions: frozenset[str],
+        email: str | None = None,
+    ) -> UserRecord:
+        now = utcnow()
+        try:
+            with self._tx() as session:
+                row = UserRow(
+                    name=name,
+                    email=email,
+                    home=home,
+                    permissions=",".join(sorted(permissions)),
+                    created_at=now,
+                )
+                row.keys.append(_key_row(key, now))
+                session.add(row)
+                session.flush()
+                return _user_record(row)
+        except IntegrityError:
+            raise CatalogError(f"user {name} already exists") from None
+
+    def add_key(self, name: str, key: PublicKey) -> None:
+        with self._tx() as session:
+            user = self._user_row(session, name)
+            if any(k.fingerprint == key.fingerprint for k in user.keys):
+                raise CatalogError(f"user {name} already has key {key.fingerprint}")
+            user.keys.append(_key_row(key, utcnow()))
+
+    def remove_key(self, name: str, fingerprint: str) -> None:
+        with self._tx() as session:
+            user = self._user_row(session, name)
+            match = [k for k in user.keys if k.fingerprint == fingerprint]
+            if not match:
+                raise CatalogError(f"user {name} has no key {fingerprint}")
+            user.keys.remove(match[0])
+
+    def remove_user(self, name: str) -> None:
+        with self._tx() as session:
+            session.delete(self._user_row(session, name))
+
+    def list_users(self) -> list[UserRecord]:
+        with self._tx() as session:
+            rows = session.scalars(select(UserRow).order_by(UserRow.name)).all()
+            return [_user_record(row) for row in rows]
+
+    def get_user(self, name: str) -> UserRecord | None:
+        with self._tx() as session:
+            row = session.scalar(select(UserRow).where(UserRow.name == name))
+            return _user_record(row) if row else None
+
+    def principal_for_key(self, name: str, fingerprint: str) -> Principal | None:
+        """The user `name` if it holds the key with this fingerprint, else None."""
+        with self._tx() as session:
+            row = session.execute(
+                select(UserRow)
+                .join(UserKeyRow)
+                .where(UserRow.name == name, UserKeyRow.fingerprint == fingerprint)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            return Principal(
+                name=row.name,
+                home=row.home,
+                permissions=frozenset(p for p in row.permissions.split(",") if p),
+                email=row.email,
+                key_fingerprint=fingerprint,
+            )
+
+    @staticmethod
+    def _user_row(session: Session, name: str) -> UserRow:
+        row = session.scalar(select(UserRow).where(UserRow.name == name))
+        if row is None:
+            raise CatalogError(f"no user named {name}")
+        return row
+
+    # -- uploads -------------------------------------------------------------------
+
+    def start_upload(self, record: UploadRecord) -> None:
+        with self._tx() as session:
+            session.add(UploadRow(**dataclasses.asdict(record)))
+
+    def update_upload(self, upload_id: str, **changes: Any) -> None:
+        """Record progress (S3 upload id, parts, resume state) without emitting events."""
+        with self._tx() as session:
+            session.execute(update(UploadRow).where(UploadRow.id == upload_id).values(**changes))
+
+    def finish_upload(
+        self, upload_id: str, *, status: str, emit: bool = True, **changes: Any
+    ) -> UploadRecord:
+        """Set the final state and, in the same transaction, queue its event."""
+        with self._tx() as session:
+            row = session.get(UploadRow, upload_id, with_for_update=True)
+            if row is None:
+                raise CatalogError(f"no upload {upload_id}")
+            row.status = status
+            for name, value in changes.items():
+                setattr(row, name, value)
+            if row.completed_at is None:
+                row.completed_at = utcnow()
+            session.flush()
+            record = _upload_record(row)
+            if emit:
+                event_type = UPLOAD_COMPLETED if status == COMPLETED else UPLOAD_FAILED
+                email = session.scalar(select(UserRow.email).where(UserRow.name == row.user_name))
+                self._queue_event(session, build_event(record, event_type, email))
+            return record
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        with self._tx() as session:
+            row = session.get(UploadRow, upload_id)
+            return _upload_record(row) if row else None
+
+    def uploads_for_key(self, bucket: str, key: str) -> list[UploadRecord]:
+        """Every upload to this key, newest first: who uploaded this object, when."""
+        with self._tx() as session:
+            rows = session.scalars(
+                select(UploadRow)
+                .where(UploadRow.bucket == bucket, UploadRow.object_key == key)
+                .order_by(UploadRow.started_at.desc())
+            ).all()
+            return [_upload_record(row) for row in rows]
+
+    def list_uploads(
+        self,
+        *,
+        user: str | None = None,
+        since: datetime | None = None,
+        status: str | None = None,
+        limit: int = 1000,
+    ) -> list[UploadRecord]:
+        query = select(UploadRow).order_by(UploadRow.started_at.desc()).limit(limit)
+        if user:
+            query = query.where(UploadRow.user_name == user)
+        if since:
+            query = query.where(UploadRow.started_at >= since)
+        if status:
+            query = query.where(UploadRow.status == status)
+        with self._tx() as session:
+            return [_upload_record(row) for row in session.scalars(query).all()]
+
+    def uploads_with_status(
+        self, status: str, older_than: datetime | None = None
+    ) -> list[UploadRecord]:
+        query = select(UploadRow).where(UploadRow.status == status)
+        if older_than is not None:
+            query = query.where(UploadRow.started_at < older_than)
+        with self._tx() as session:
+            return [_upload_record(row) for row in session.scalars(query).all()]
+
+    def latest_completed(self, bucket: str, keys: Sequence[str]) -> dict[str, UploadRecord]:
+        """The newest completed upload of each key, for mtimes set by SETSTAT."""
+        if not keys:
+            return {}
+        with self._tx() as session:
+            rows = session.scalars(
+                select(UploadRow)
+                .where(
+                    UploadRow.bucket == bucket,
+                    UploadRow.object_key.in_(list(keys)),
+                    UploadRow.status == COMPLETED,
+                )
+                .order_by(UploadRow.completed_at)
+            ).all()
+            return {row.object_key: _upload_record(row) for row in rows}
+
+    def rename_object(self, bucket: str, old_key: str, new_key: str, new_path: str) -> None:
+        """After a server-side rename, the completed uploads of the old key follow it."""
+        with self._tx() as session:
+            session.execute(
+                update(UploadRow)
+                .where(
+                    UploadRow.bucket == bucket,
+                    UploadRow.object_key == old_key,
+                    UploadRow.status == COMPLETED,
+                )
+                .values(object_key=new_key, path=new_path)
+            )
+
+    # -- outbox --------------------------------------------------------------------
+
+    @staticmethod
+    def _queue_event(session: Session, payload: dict[str, Any]) -> None:
+        now = utcnow()
+        session.add(
+            OutboxRow(
+                event_id=payload["event_id"],
+                upload_id=payload["upload_id"],
+                event_type=payload["type"],
+                payload=payload,
+                created_at=now,
+                next_attempt_at=now,
+                attempts=0,
+            )
+        )
+
+    @contextmanager
+    def dispatch_batch(self, limit: int = 10) -> Iterator[tuple[list[OutboxEvent], Any]]:
+        """Lock a batch of due events for one dispatcher; yield them and a settle function.
+
+        PostgreSQL: FOR UPDATE SKIP LOCKED lets several gateways dispatch at once without
+        sending the same event twice. SQLite has one writer at a time, which is enough.
+        """
+        with self._tx() as session:
+            now = utcnow()
+            query = (
+                select(OutboxRow)
+                .where(OutboxRow.sent_at.is_(None), OutboxRow.next_attempt_at <= now)
+                .order_by(OutboxRow.id)
+                .limit(limit)
+            )
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = {row.id: row for row in session.scalars(query).all()}
+            events = [
+                OutboxEvent(row.id, row.event_id, row.event_type, row.payload, row.attempts)
+                for row in rows.values()
+            ]
+
+            def settle(
+                event_id: int, *, sent: bool, error: str | None = None, retry_in: float = 0
+            ) -> None:
+                row = rows[event_id]
+                row.attempts += 1
+                if sent:
+                    row.sent_at = utcnow()
+                    row.last_error = None
+                else:
+                    row.last_error = (error or "")[:2000]
+                    row.next_attempt_at = utcnow() + timedelta(seconds=retry_in)
+
+            yield events, settle
+
+    def pending_event_count(self) -> int:
+        with self._tx() as session:
+            return session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
+            )
+
+    # -- notifier ------------------------------------------------------------------
+
+    def email_already_sent(self, event_id: str) -> bool:
+        with self._tx() as session:
+            return session.get(SentEmailRow, event_id) is not None
+
+    def record_email_sent(self, event_id: str, recipients: Sequence[str]) -> None:
+        try:
+            with self._tx() as session:
+                session.add(
+                    SentEmailRow(
+                        event_id=event_id, sent_at=utcnow(), recipients=",".join(recipients)
+                    )
+                )
+        except IntegrityError:
+            pass  # already recorded by a concurrent worker: the email went out once
+
+
+def _key_row(key: PublicKey, now: datetime) -> UserKeyRow:
+    return UserKeyRow(
+        fingerprint=key.fingerprint,
+        key_type=key.key_type,
+        public_key=key.line,
+        comment=key.comment,
+        created_at=now,
+    )
+
+
+def new_upload_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,282 @@
+"""A user's view of the bucket: the one place for permissions, paths and policies.
+
+Front ends (SFTP, SCP) translate protocol requests into these calls and map the
+GatewayErrors they raise to protocol statuses; they never touch S3 or SQL themselves.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import stat as stat_mode
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+from sftp_gateway.auth import Principal
+from sftp_gateway.catalog.repository import Catalog
+from sftp_gateway.config import Settings
+from sftp_gateway.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+)
+from sftp_gateway.paths import Jail, normalize
+from sftp_gateway.storage.base import Storage
+from sftp_gateway.transfer import (
+    ActiveUploads,
+    ClientInfo,
+    Upload,
+    check_name_allowed,
+    metadata_safe_name,
+)
+
+FILE_MODE = stat_mode.S_IFREG | 0o644
+DIR_MODE = stat_mode.S_IFDIR | 0o755
+MTIME_BATCH = 500
+
+
+@dataclass(frozen=True)
+class FileStat:
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: int | None = None
+
+    @property
+    def mode(self) -> int:
+        return DIR_MODE if self.is_dir else FILE_MODE
+
+
+def _epoch(ts: datetime | None) -> int | None:
+    return int(ts.timestamp()) if ts else None
+
+
+class UserFilesystem:
+    """What one authenticated user may see and do, in virtual paths."""
+
+    def __init__(
+        self,
+        *,
+        principal: Principal,
+        settings: Settings,
+        storage: Storage,
+        catalog: Catalog,
+        client: ClientInfo,
+        active: ActiveUploads,
+    ) -> None:
+        self.principal = principal
+        self.settings = settings
+        self.storage = storage
+        self.catalog = catalog
+        self.client = client
+        self.active = active
+        self.jail = Jail.for_home(settings.storage.prefix, principal.home)
+
+    # -- looking ---------------------------------------------------------------------
+
+    def require(self, permission: str) -> None:
+        if not self.principal.may(permission):
+            raise PermissionDenied(f"permission denied: this account may not {permission}")
+
+    def stat(self, path: str) -> FileStat:
+        """A file (with its in-progress size while uploading) or a directory."""
+        virtual = normalize(path)
+        name = posixpath.basename(virtual) or "/"
+        if virtual == "/":
+            return FileStat(name, True)
+        key = self.jail.key(virtual)
+        upload = self.active.get(key)
+        if upload is not None:
+            return FileStat(name, False, upload.size, upload.mtime or _epoch(upload.started_at))
+        info = self.storage.head(key)
+        if info is not None:
+            return FileStat(
+                name, False, info.size, self._mtimes([key]).get(key) or _epoch(info.modified)
+            )
+        if self.storage.has_prefix(key + "/"):
+            return FileStat(name, True)
+        raise NotFound(f"no such file or directory: {virtual}")
+
+    def list_dir(self, path: str) -> Iterator[FileStat]:
+        """Every entry of a directory (all pages); an empty listing of a missing
+        directory is NotFound, as a POSIX server would say."""
+        self.require("list")
+        virtual = normalize(path)
+        prefix = self.jail.dir_prefix(virtual)
+        batch: list[FileStat] = []
+        keys: list[str] = []
+        seen_any = virtual == "/"
+        for entry in self.storage.list_dir(prefix):
+            seen_any = True
+            if entry.is_dir:
+                yield FileStat(entry.name, True)
+                continue
+            batch.append(FileStat(entry.name, False, entry.size, _epoch(entry.modified)))
+            keys.append(prefix + entry.name)
+            if len(batch) >= MTIME_BATCH:
+                yield from self._with_mtimes(batch, keys)
+                batch, keys = [], []
+        yield from self._with_mtimes(batch, keys)
+        if not seen_any and self.storage.head(self.jail.key(virtual)) is None:
+            raise NotFound(f"no such directory: {virtual}")
+
+    def _with_mtimes(self, batch: list[FileStat], keys: list[str]) -> Iterator[FileStat]:
+        mtimes = self._mtimes(keys)
+        for item, key in zip(batch, keys, strict=True):
+            mtime = mtimes.get(key)
+            yield FileStat(item.name, False, item.size, mtime or item.mtime) if mtime else item
+
+    def _mtimes(self, keys: list[str]) -> dict[str, int]:
+        """Modification times clients set with SETSTAT, kept in the catalog."""
+        records = self.catalog.latest_completed(self.storage.bucket, keys)
+        return {key: rec.mtime for key, rec in records.items() if rec.mtime}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def open_download(self, path: str) -> Download:
+        self.require("read")
+        key = self.jail.key(path)
+        info = self.storage.head(key)
+        if info is None:
+            if self.storage.has_prefix(key + "/"):
+                raise InvalidRequest(f"{normalize(path)} is a directory")
+            raise NotFound(f"no such file: {normalize(path)}")
+        return Download(self.storage, key, info.size)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def open_upload(
+        self, path: str, *, exclusive: bool = False, expected_size: int | None = None
+    ) -> Upload:
+        """Check name, permissions and conflicts, then start an Upload."""
+        self.require("write")
+        virtual = normalize(path)
+        key = self.jail.key(virtual)
+        check_name_allowed(self.final_name(virtual), self.settings.uploads.allowed_extensions)
+        if self.active.get(key) is not None:
+            raise PermissionDenied(f"{virtual} is being uploaded by another session")
+        if self.storage.has_prefix(key + "/"):
+            raise InvalidRequest(f"{virtual} is a directory")
+        exists = self.storage.head(key) is not None
+        if exists and exclusive:
+            raise AlreadyExists(f"{virtual} already exists")
+        if exists:
+            self.require("overwrite")
+        return Upload(
+            settings=self.settings,
+            storage=self.storage,
+            catalog=self.catalog,
+            principal=self.principal,
+            client=self.client,
+            path=virtual,
+            key=key,
+            registry=self.active,
+            expected_size=expected_size,
+        )
+
+    def final_name(self, virtual: str) -> str:
+        """The name a temporary upload name stands for (`a.pdf.filepart` -> `a.pdf`)."""
+        base = posixpath.basename(virtual)
+        for pattern in self.settings.uploads.temp_name_patterns:
+            if fnmatch.fnmatchcase(base, pattern) and pattern.startswith("*."):
+                return virtual[: -len(pattern) + 1]
+        return virtual
+
+    def set_mtime(self, path: str, mtime: int) -> None:
+        """Keep a client's modification time (sftp -p, rclone, WinSCP) in the catalog."""
+        key = self.jail.key(path)
+        upload = self.active.get(key)
+        if upload is not None:
+            upload.mtime = mtime
+            return
+        records = self.catalog.latest_completed(self.storage.bucket, [key])
+        if key in records:
+            self.catalog.update_upload(records[key].id, mtime=mtime)
+        elif self.storage.head(key) is None and not self.storage.has_prefix(key + "/"):
+            raise NotFound(f"no such file or directory: {normalize(path)}")
+
+    def remove(self, path: str) -> None:
+        self.require("delete")
+        key = self.jail.key(path)
+        if self.storage.head(key) is None:
+            if self.storage.has_prefix(key + "/"):
+                raise InvalidRequest(f"{normalize(path)} is a directory (use rmdir)")
+            raise NotFound(f"no such file: {normalize(path)}")
+        self.storage.delete(key)
+
+    def mkdir(self, path: str) -> None:
+        self.require("mkdir")
+        virtual = normalize(path)
+        if virtual == "/":
+            raise AlreadyExists("/ already exists")
+        key = self.jail.key(virtual)
+        if self.storage.head(key) is not None or self.storage.has_prefix(key + "/"):
+            raise AlreadyExists(f"{virtual} already exists")
+        self.storage.make_dir(key + "/")
+
+    def rmdir(self, path: str) -> None:
+        self.require("delete")
+        virtual = normalize(path)
+        if virtual == "/":
+            raise PermissionDenied("the home directory cannot be removed")
+        prefix = self.jail.dir_prefix(virtual)
+        entries = iter(self.storage.list_dir(prefix))
+        if next(entries, None) is not None:
+            raise InvalidRequest(f"directory {virtual} is not empty")
+        if self.storage.head(prefix) is None:
+            raise NotFound(f"no such directory: {virtual}")
+        self.storage.delete(prefix)
+
+    def rename(self, old: str, new: str, *, overwrite: bool) -> None:
+        """Server-side copy then delete; the catalog follows the object."""
+        self.require("rename")
+        old_virtual, new_virtual = normalize(old), normalize(new)
+        old_key, new_key = self.jail.key(old_virtual), self.jail.key(new_virtual)
+        if old_key == new_key:
+            return
+        if self.storage.head(old_key) is None:
+            if self.storage.has_prefix(old_key + "/"):
+                raise NotSupported("renaming directories is not supported")
+            raise NotFound(f"no such file: {old_virtual}")
+        check_name_allowed(new_virtual, self.settings.uploads.allowed_extensions)
+        if self.storage.head(new_key) is not None:
+            if not overwrite:
+                raise AlreadyExists(f"{new_virtual} already exists")
+            self.require("overwrite")
+        original_name = posixpath.basename(new_virtual)
+        self.storage.copy(old_key, new_key, {"original-name": metadata_safe_name(original_name)})
+        self.storage.delete(old_key)
+        self.catalog.rename_object(self.storage.bucket, old_key, new_key, new_virtual)
+
+
+class Download:
+    """A file open for reading: one streaming ranged GET, reopened only on a seek."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, storage: Storage, key: str, size: int) -> None:
+        self.storage = storage
+        self.key = key
+        self.size = size
+        self._body: BinaryIO | None = None
+        self._position = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= self.size:
+            return b""
+        if self._body is None or offset != self._position:
+            self.close()
+            self._body = self.storage.open_read(self.key, offset)
+            self._position = offset
+        data = self._body.read(min(length, self.size - offset))
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None

@@ -1,0 +1,38 @@
+"""The one mapping from gateway errors to SFTP v3 status codes."""
+
+from __future__ import annotations
+
+import logging
+
+from paramiko.sftp import (
+    SFTP_FAILURE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OP_UNSUPPORTED,
+    SFTP_PERMISSION_DENIED,
+)
+
+from sftp_gateway import errors
+
+log = logging.getLogger(__name__)
+
+_STATUS = (
+    (errors.NotFound, SFTP_NO_SUCH_FILE),
+    (errors.PermissionDenied, SFTP_PERMISSION_DENIED),
+    (errors.UploadRejected, SFTP_PERMISSION_DENIED),
+    (errors.NotSupported, SFTP_OP_UNSUPPORTED),
+    (errors.QuotaExceeded, SFTP_FAILURE),
+    (errors.AlreadyExists, SFTP_FAILURE),
+    (errors.InvalidRequest, SFTP_FAILURE),
+    (errors.StorageError, SFTP_FAILURE),
+)
+
+
+def status_for(exc: BaseException) -> tuple[int, str]:
+    """(SFTP status, message for the user). Unexpected errors hide their details."""
+    if isinstance(exc, errors.GatewayError):
+        for kind, code in _STATUS:
+            if isinstance(exc, kind):
+                return code, str(exc)
+        return SFTP_FAILURE, str(exc)
+    log.error("unexpected error in an SFTP request", exc_info=exc)
+    return SFTP_FAILURE, "internal server error"

@@ -1,0 +1,160 @@
+"""paramiko's SFTPServerInterface and handles, translating requests to UserFilesystem."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import paramiko
+from paramiko.sftp import SFTP_OK
+
+from sftp_gateway.errors import InvalidRequest, NotSupported
+from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
+from sftp_gateway.paths import normalize
+from sftp_gateway.transfer import Upload
+
+log = logging.getLogger(__name__)
+
+
+def attributes(item: FileStat) -> paramiko.SFTPAttributes:
+    attr = paramiko.SFTPAttributes()
+    attr.filename = item.name
+    attr.st_size = item.size
+    attr.st_mode = item.mode
+    attr.st_uid = 0
+    attr.st_gid = 0
+    mtime = item.mtime if item.mtime is not None else int(time.time())
+    attr.st_mtime = mtime
+    attr.st_atime = mtime
+    return attr
+
+
+class UploadHandle(paramiko.SFTPHandle):
+    """A file open for writing. CLOSE commits; paramiko's teardown close() abandons."""
+
+    def __init__(self, upload: Upload, *, append: bool) -> None:
+        super().__init__()
+        self.upload = upload
+        self.append = append
+
+    def write(self, offset: int, data: bytes) -> int:
+        self.upload.write(self.upload.size if self.append else offset, data)
+        return SFTP_OK
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise InvalidRequest("this file is open for writing; reading it back is not supported")
+
+    def stat(self) -> paramiko.SFTPAttributes:
+        name = self.upload.path.rsplit("/", 1)[-1]
+        return attributes(FileStat(name, False, self.upload.size, self.upload.mtime))
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        apply_attributes(attr, current_size=self.upload.size, set_mtime=self._set_mtime)
+        return SFTP_OK
+
+    def _set_mtime(self, mtime: int) -> None:
+        self.upload.mtime = mtime
+
+    def commit(self) -> None:
+        """A clean SFTP CLOSE: the only way an upload becomes an object."""
+        self.upload.commit()
+
+    def close(self) -> None:
+        """Called by paramiko for handles left open when the session ends."""
+        self.upload.abandon()
+
+
+class DownloadHandle(paramiko.SFTPHandle):
+    def __init__(self, download: Download, name: str) -> None:
+        super().__init__()
+        self.download = download
+        self.name = name
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.download.read(offset, length)
+
+    def write(self, offset: int, data: bytes) -> int:
+        raise InvalidRequest("this file is open for reading only")
+
+    def stat(self) -> paramiko.SFTPAttributes:
+        return attributes(FileStat(self.name, False, self.download.size))
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_OK
+
+    def close(self) -> None:
+        self.download.close()
+
+
+def apply_attributes(attr: paramiko.SFTPAttributes, *, current_size: int | None, set_mtime) -> None:  # type: ignore[no-untyped-def]
+    """SETSTAT semantics: a size equal to the file's is fine, other sizes are not
+    supported; permissions and owners are accepted and ignored; mtime is kept."""
+    size = getattr(attr, "st_size", None)
+    if size is not None and current_size is not None and size != current_size:
+        raise NotSupported("changing a file's size is not supported")
+    mtime = getattr(attr, "st_mtime", None)
+    if mtime is not None:
+        set_mtime(int(mtime))
+
+
+class GatewaySFTPInterface(paramiko.SFTPServerInterface):
+    """One SFTP session of one authenticated user."""
+
+    def __init__(self, server: paramiko.ServerInterface, *args: object, **kwargs: object) -> None:
+        super().__init__(server, *args, **kwargs)
+        self.fs: UserFilesystem = server.filesystem()  # type: ignore[attr-defined]
+
+    def canonicalize(self, path: str) -> str:
+        return normalize(path)
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes:
+        self.fs.require("list")
+        return attributes(self.fs.stat(path))
+
+    lstat = stat
+
+    def list_folder(self, path: str) -> list[paramiko.SFTPAttributes]:
+        return [attributes(item) for item in self.fs.list_dir(path)]
+
+    def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            append = bool(flags & os.O_APPEND)
+            if append and self.fs.storage.head(self.fs.jail.key(path)) is not None:
+                raise NotSupported("appending to an existing file is not supported")
+            upload = self.fs.open_upload(path, exclusive=bool(flags & os.O_EXCL))
+            return UploadHandle(upload, append=append)
+        download = self.fs.open_download(path)
+        return DownloadHandle(download, normalize(path).rsplit("/", 1)[-1])
+
+    def remove(self, path: str) -> int:
+        self.fs.remove(path)
+        return SFTP_OK
+
+    def rename(self, oldpath: str, newpath: str) -> int:
+        self.fs.rename(oldpath, newpath, overwrite=False)
+        return SFTP_OK
+
+    def posix_rename(self, oldpath: str, newpath: str) -> int:
+        self.fs.rename(oldpath, newpath, overwrite=True)
+        return SFTP_OK
+
+    def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        self.fs.mkdir(path)
+        return SFTP_OK
+
+    def rmdir(self, path: str) -> int:
+        self.fs.rmdir(path)
+        return SFTP_OK
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        current = self.fs.stat(path)
+        size = None if current.is_dir else current.size
+        apply_attributes(attr, current_size=size, set_mtime=lambda m: self.fs.set_mtime(path, m))
+        return SFTP_OK
+
+    def readlink(self, path: str) -> str:
+        raise NotSupported("symbolic links are not supported")
+
+    def symlink(self, target_path: str, path: str) -> int:
+        raise NotSupported("symbolic links are not supported")

@@ -1,0 +1,61 @@
+"""What the gateway needs from an object store, independent of boto3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in a directory listing: a file (with its size) or a sub-directory."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    etag: str
+    size: int
+    checksum: str | None = None
+
+
+class Storage(Protocol):
+    bucket: str
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+    def has_prefix(self, prefix: str) -> bool: ...
+    def list_dir(self, prefix: str) -> Iterator[Entry]: ...
+    def put(
+        self, key: str, body: bytes | bytearray, metadata: dict[str, str], content_type: str
+    ) -> None: ...
+    def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str: ...
+    def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | bytearray
+    ) -> Part: ...
+    def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None: ...
+    def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    def list_parts(self, key: str, upload_id: str) -> list[Part]: ...
+    def list_multipart_uploads(self, prefix: str) -> list[tuple[str, str, datetime]]: ...
+    def replace_metadata(
+        self, key: str, metadata: dict[str, str], content_type: str, size: int
+    ) -> None: ...
+    def copy(self, source: str, target: str, metadata: dict[str, str] | None = None) -> None: ...
+    def open_read(self, key: str, offset: int) -> BinaryIO: ...
+    def delete(self, key: str) -> None: ...
+    def make_dir(self, prefix: str) -> None: ...

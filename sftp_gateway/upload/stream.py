@@ -1,0 +1,213 @@
+"""Stream sequential bytes into S3 as a multipart upload, part by part as they fill.
+
+Memory is bounded per upload at (max_concurrency + 1) * part_size: one buffer filling,
+at most max_concurrency being sent. Buffers are reused, never concatenated. When every
+send slot is busy, `write` blocks, the SFTP thread stops reading the channel, the SSH
+window closes, and the client slows down: a slow S3 costs time, not memory.
+
+The SHA-256 runs on its own thread, in order, beside the part sends, so hashing is off
+the thread that reads the network. A file smaller than one part is a single PUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from sftp_gateway.errors import StorageError
+from sftp_gateway.storage.base import Part, Storage
+
+log = logging.getLogger(__name__)
+S3_MAX_PARTS = 10_000
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    size: int
+    sha256: str
+    multipart: bool
+    parts: tuple[Part, ...]
+
+
+class UploadStream:
+    """One object being written. Not thread-safe: one writer thread, as SFTP gives us."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        key: str,
+        *,
+        part_size: int,
+        max_concurrency: int,
+        metadata: dict[str, str],
+        content_type: str,
+        on_multipart_created: Callable[[str], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.key = key
+        self.part_size = part_size
+        self.metadata = metadata
+        self.content_type = content_type
+        self._on_created = on_multipart_created
+        self._max_concurrency = max_concurrency
+        self._buffer = bytearray(part_size)
+        self._fill = 0
+        self._size = 0
+        self._spare: list[bytearray] = []
+        self._spare_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._hasher = hashlib.sha256()
+        self._parts: list[Part] = []
+        self._futures: list[Future[None]] = []
+        self._error: BaseException | None = None
+        self._upload_id: str | None = None
+        self._senders: ThreadPoolExecutor | None = None
+        self._hashing: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        """Bytes accepted so far."""
+        return self._size
+
+    @property
+    def upload_id(self) -> str | None:
+        return self._upload_id
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append bytes; blocks while all send slots are busy (backpressure)."""
+        self._raise_if_failed()
+        view = memoryview(data)
+        while view:
+            room = self.part_size - self._fill
+            chunk = view[:room]
+            self._buffer[self._fill : self._fill + len(chunk)] = chunk
+            self._fill += len(chunk)
+            self._size += len(chunk)
+            view = view[len(chunk) :]
+            if self._fill == self.part_size:
+                self._seal_part()
+
+    def finish(self) -> StreamResult:
+        """Send what is left, wait for every part, complete the object."""
+        self._raise_if_failed()
+        try:
+            if self._upload_id is None:
+                body = bytes(memoryview(self._buffer)[: self._fill])
+                self._hasher.update(body)
+                self.storage.put(self.key, body, self.metadata, self.content_type)
+                return StreamResult(self._size, self._hasher.hexdigest(), False, ())
+            if self._fill:
+                self._seal_part()
+            self._drain()
+            self._raise_if_failed()
+            parts = tuple(sorted(self._parts, key=lambda p: p.number))
+            self.storage.complete_multipart(self.key, self._upload_id, list(parts))
+            return StreamResult(self._size, self._hasher.hexdigest(), True, parts)
+        finally:
+            self._closed = True
+            self._shutdown_threads()
+
+    def abort(self) -> None:
+        """Stop, wait for parts in flight, and abort the multipart upload (no orphan)."""
+        self._closed = True
+        self._drain()
+        self._shutdown_threads()
+        if self._upload_id is not None:
+            try:
+                self.storage.abort_multipart(self.key, self._upload_id)
+            except StorageError:
+                log.warning("abort of %s (%s) failed; gc will retry", self.key, self._upload_id)
+                raise
+
+    # -- internals -------------------------------------------------------------------
+
+    def _seal_part(self) -> None:
+        """Hand the full buffer to the senders and take a fresh one to fill."""
+        if self._upload_id is None:
+            self._start_multipart()
+        number = len(self._futures) + 1
+        if number > S3_MAX_PARTS:
+            raise StorageError("file too large for the configured part size")
+        self._slots.acquire()  # blocks while max_concurrency parts are in flight
+        self._raise_if_failed(release=True)
+        buffer, length = self._buffer, self._fill
+        self._buffer, self._fill = self._take_spare(), 0
+        assert self._hashing is not None and self._senders is not None
+        body = buffer if length == len(buffer) else bytes(memoryview(buffer)[:length])
+        hashed = self._hashing.submit(self._hasher.update, body)
+        sent = self._senders.submit(self._send_part, number, body)
+        done = _all_of(hashed, sent)
+        self._futures.append(done)
+        done.add_done_callback(lambda f: self._part_settled(f, buffer))
+
+    def _start_multipart(self) -> None:
+        self._upload_id = self.storage.create_multipart(self.key, self.metadata, self.content_type)
+        self._senders = ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="part")
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        if self._on_created:
+            self._on_created(self._upload_id)
+
+    def _send_part(self, number: int, body: bytes | bytearray) -> None:
+        if self._error is not None:
+            return  # an earlier part failed: the upload will be aborted, save the work
+        assert self._upload_id is not None
+        part = self.storage.upload_part(self.key, self._upload_id, number, body)
+        self._parts.append(part)  # list.append is atomic under the GIL
+
+    def _part_settled(self, future: Future[None], buffer: bytearray) -> None:
+        error = future.exception()
+        if error is not None and self._error is None:
+            self._error = error
+        with self._spare_lock:
+            self._spare.append(buffer)
+        self._slots.release()
+
+    def _take_spare(self) -> bytearray:
+        with self._spare_lock:
+            if self._spare:
+                return self._spare.pop()
+        return bytearray(self.part_size)
+
+    def _drain(self) -> None:
+        wait(list(self._futures))
+
+    def _raise_if_failed(self, release: bool = False) -> None:
+        if self._error is None:
+            return
+        if release:
+            self._slots.release()
+        if isinstance(self._error, StorageError):
+            raise self._error
+        raise StorageError("upload to storage failed") from self._error
+
+    def _shutdown_threads(self) -> None:
+        for pool in (self._senders, self._hashing):
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+
+def _all_of(*futures: Future[None]) -> Future[None]:
+    """A future that settles when every input has, with the first error if any."""
+    combined: Future[None] = Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def settle(_: Future[None]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            combined.set_exception(errors[0])
+        else:
+            combined.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(settle)
+    return combined
