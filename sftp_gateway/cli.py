@@ -120,6 +120,30 @@ def demo(port: int, data_dir: Path) -> None:
     run_demo(port=port, data_dir=data_dir)
 
 
+@main.command()
+@config_option
+@click.option("--once", is_flag=True, help="Handle what is queued now, then exit.")
+@reports_errors
+def notifier(config_path: Path | None, once: bool) -> None:
+    """Read upload events from SQS and email the people concerned."""
+    from sftp_gateway.notifier.worker import run_worker
+
+    settings = _settings(config_path)
+    run_worker(settings, _catalog(settings), once=once)
+
+
+@main.command()
+@config_option
+@reports_errors
+def gc(config_path: Path | None) -> None:
+    """Abort stale interrupted and orphan multipart uploads; mark them in the catalog."""
+    from sftp_gateway.gc import collect_garbage
+
+    settings = _settings(config_path)
+    report = collect_garbage(settings, _catalog(settings))
+    click.echo(report.summary())
+
+
 # -- users ---------------------------------------------------------------------------
 
 
