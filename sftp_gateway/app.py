@@ -25,6 +25,7 @@ from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import Settings
 from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.hostkeys import load_host_keys
+from sftp_gateway.scp import handle_exec
 from sftp_gateway.sftp.handler import GatewaySFTPInterface
 from sftp_gateway.sftp.protocol import GatewaySFTPServer
 from sftp_gateway.ssh import GatewayServer
@@ -173,6 +174,7 @@ class Gateway:
             client_ip,
             self._filesystem_for,
             transport,
+            exec_handler=handle_exec,
         )
         with self._lock:
             self._transports.add(transport)
