@@ -140,6 +140,18 @@ class EventsConfig(_Section):
     region: str | None = None
     dispatch_interval: float = Field(default=1.0, gt=0)
     max_backoff: float = Field(default=60.0, gt=0)
+    # None: a queue whose URL ends in .fifo is FIFO; set it when the URL does not say.
+    fifo: bool | None = None
+    # FIFO only: the MessageGroupId; None groups by uploader (ordered per user).
+    message_group_id: str | None = Field(default=None, min_length=1, max_length=128)
+    batch_size: int = Field(default=10, ge=1, le=10)
+
+    @property
+    def is_fifo(self) -> bool:
+        """FIFO queues need a group id and take the event_id as deduplication id."""
+        if self.fifo is not None:
+            return self.fifo
+        return bool(self.queue_url and self.queue_url.rstrip("/").endswith(".fifo"))
 
 
 class NotifierConfig(_Section):
@@ -156,6 +168,9 @@ class NotifierConfig(_Section):
     wait_seconds: int = Field(default=20, ge=0, le=20)
     batch_size: int = Field(default=10, ge=1, le=10)
     visibility_timeout: int = Field(default=60, ge=0)
+    # A CA bundle to verify the SMTP server's certificate (default: the system's).
+    ca_file: Path | None = None
+    timeout: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_choice(self) -> NotifierConfig:

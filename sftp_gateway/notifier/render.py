@@ -1,0 +1,139 @@
+"""Turn an upload event into an email: plain text and HTML alternatives, one per event.
+
+The Message-ID derives from the event_id, so a mail system that sees the same event
+twice (after a crash between sending and recording) can fold the copies together.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+from sftp_gateway.events.schema import UPLOAD_COMPLETED, UPLOAD_FAILED
+
+REQUIRED_FIELDS = ("type", "event_id", "user")
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+class MalformedEvent(ValueError):
+    """The message body is not an upload event we can announce."""
+
+
+def parse_event(body: str | bytes) -> dict[str, Any]:
+    """The event from an SQS message body, or MalformedEvent saying what is wrong."""
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEvent(f"not JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise MalformedEvent("not a JSON object")
+    missing = [name for name in REQUIRED_FIELDS if not event.get(name)]
+    if missing:
+        raise MalformedEvent(f"missing {', '.join(missing)}")
+    if event["type"] not in (UPLOAD_COMPLETED, UPLOAD_FAILED):
+        raise MalformedEvent(f"unknown event type {event['type']!r}")
+    if not isinstance(event["event_id"], str) or len(event["event_id"]) > 36:
+        raise MalformedEvent("event_id is not a short string")
+    return event
+
+
+def human_size(size: int) -> str:
+    """1536 -> '1.5 KiB'; small sizes stay in bytes."""
+    if size < 1024:
+        return f"{size} bytes"
+    value = float(size)
+    for unit in _UNITS:
+        value /= 1024
+        if value < 1024 or unit == _UNITS[-1]:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def recipients_for(
+    event: Mapping[str, Any], configured: Iterable[str], per_user: Mapping[str, list[str]]
+) -> list[str]:
+    """The uploader (if known), the configured list and the user's extras, no duplicates."""
+    candidates = [event.get("email"), *configured, *per_user.get(str(event.get("user")), [])]
+    seen: set[str] = set()
+    out = []
+    for address in candidates:
+        if not address or not isinstance(address, str):
+            continue
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            out.append(address)
+    return out
+
+
+def _facts(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The label/value lines both the text and the HTML parts show."""
+    size = event.get("size")
+    size_text = f"{human_size(size)} ({size:,} bytes)" if isinstance(size, int) else "unknown"
+    where = event.get("client_ip") or "unknown"
+    if event.get("client"):
+        where = f"{where} ({event['client']})"
+    location = f"s3://{event['bucket']}/{event['key']}" if event.get("bucket") else "-"
+    facts = [
+        ("Uploaded by", str(event.get("user"))),
+        ("File", str(event.get("file_name") or "-")),
+        ("Path", str(event.get("path") or "-")),
+        ("Size", size_text),
+        ("SHA-256", str(event.get("sha256") or "-")),
+        ("When", str(event.get("completed_at") or event.get("started_at") or "-")),
+        ("From", where),
+        ("Stored at", location),
+        ("Upload id", str(event.get("upload_id") or "-")),
+    ]
+    if event["type"] == UPLOAD_FAILED:
+        facts.insert(0, ("Why it failed", str(event.get("error") or "unknown reason")))
+    return facts
+
+
+def _subject(event: Mapping[str, Any]) -> str:
+    name = event.get("file_name") or event.get("path") or "a file"
+    if event["type"] == UPLOAD_FAILED:
+        return f"Upload failed: {name} from {event['user']}"
+    return f"New upload: {name} from {event['user']}"
+
+
+def _text_body(event: Mapping[str, Any], facts: list[tuple[str, str]]) -> str:
+    intro = (
+        f"An upload by {event['user']} failed."
+        if event["type"] == UPLOAD_FAILED
+        else f"{event['user']} uploaded a file."
+    )
+    width = max(len(label) for label, _ in facts) + 1
+    lines = [intro, ""] + [f"{label + ':':<{width}} {value}" for label, value in facts]
+    return "\n".join(lines) + "\n"
+
+
+def _html_body(event: Mapping[str, Any], facts: list[tuple[str, str]]) -> str:
+    rows = "\n".join(
+        f"<tr><th align='left'>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>"
+        for label, value in facts
+    )
+    title = html.escape(_subject(event))
+    return (
+        f"<html><body><h2>{title}</h2>\n<table cellpadding='4'>\n{rows}\n</table>\n</body></html>\n"
+    )
+
+
+def render_email(
+    event: Mapping[str, Any], *, from_address: str, recipients: list[str]
+) -> EmailMessage:
+    """The email announcing one event, to the given recipients."""
+    facts = _facts(event)
+    message = EmailMessage()
+    message["Subject"] = _subject(event)
+    message["From"] = from_address
+    message["To"] = ", ".join(recipients)
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = f"<{event['event_id']}@sftp-gateway>"
+    message["X-SFTP-Gateway-Event"] = str(event["type"])
+    message.set_content(_text_body(event, facts))
+    message.add_alternative(_html_body(event, facts), subtype="html")
+    return message
