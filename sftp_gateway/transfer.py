@@ -195,8 +195,6 @@ class Upload:
             if self._head:  # held only while a required signature is still unseen
                 self.reject(UploadRejected("file is too short to be a PDF"))
             result = self.stream.finish()
-            if result.multipart:
-                self._set_final_metadata(result)
         except GatewayError as exc:
             self._fail(FAILED, str(exc))
             raise
@@ -234,11 +232,6 @@ class Upload:
 
     def _record_multipart(self, s3_upload_id: str) -> None:
         self.catalog.update_upload(self.id, s3_upload_id=s3_upload_id)
-
-    def _set_final_metadata(self, result: StreamResult) -> None:
-        """A multipart object's SHA-256 is known only at the end: set it in place."""
-        metadata = {**self.stream.metadata, "sha256": result.sha256}
-        self.stream.storage.replace_metadata(self.key, metadata, self.content_type, result.size)
 
     def _record_completed(self, result: StreamResult) -> UploadRecord:
         """Catalog row and event in one transaction; retried, since S3 already has it."""

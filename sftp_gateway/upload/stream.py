@@ -99,15 +99,21 @@ class UploadStream:
             if self._upload_id is None:
                 body = bytes(memoryview(self._buffer)[: self._fill])
                 self._hasher.update(body)
-                self.storage.put(self.key, body, self.metadata, self.content_type)
-                return StreamResult(self._size, self._hasher.hexdigest(), False, ())
+                digest = self._hasher.hexdigest()
+                self.storage.put(self.key, body, self._final_metadata(digest), self.content_type)
+                return StreamResult(self._size, digest, False, ())
             if self._fill:
                 self._seal_part()
             self._drain()
             self._raise_if_failed()
             parts = tuple(sorted(self._parts, key=lambda p: p.number))
             self.storage.complete_multipart(self.key, self._upload_id, list(parts))
-            return StreamResult(self._size, self._hasher.hexdigest(), True, parts)
+            digest = self._hasher.hexdigest()
+            # The SHA-256 is known only now; S3 takes metadata at creation, so set it in place.
+            self.storage.replace_metadata(
+                self.key, self._final_metadata(digest), self.content_type, self._size
+            )
+            return StreamResult(self._size, digest, True, parts)
         finally:
             self._closed = True
             self._shutdown_threads()
@@ -125,6 +131,9 @@ class UploadStream:
                 raise
 
     # -- internals -------------------------------------------------------------------
+
+    def _final_metadata(self, sha256: str) -> dict[str, str]:
+        return {**self.metadata, "sha256": sha256}
 
     def _seal_part(self) -> None:
         """Hand the full buffer to the senders and take a fresh one to fill."""
