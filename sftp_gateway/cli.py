@@ -38,6 +38,8 @@ def reports_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except ConfigError as exc:
             fail(f"config error: {exc}", 2)
         except (CatalogError, GatewayError) as exc:
