@@ -206,8 +206,10 @@ class SmtpCapture:
     refuse_next: int = 0
     refused: int = 0
     delay: float = 0.0
+    in_data: bool = False
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.in_data = True
         if self.delay:
             import asyncio
 
