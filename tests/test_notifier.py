@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -324,6 +325,43 @@ def test_sigterm_finishes_the_message_in_hand_then_exits(
     assert len(handler.messages) == 1
     assert queue_depth(moto_endpoint, queue) == (0, 0)
     assert "finishing the message in hand" in output
+
+
+def test_sigterm_ends_an_idle_20_second_long_poll_at_once(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    queue = create_queue(moto_endpoint)
+    settings = events_settings(
+        tmp_path,
+        moto_endpoint,
+        queue,
+        notifier={"maildir": str(tmp_path / "mail"), "wait_seconds": 20},
+    )
+    new_catalog(settings)
+    config_path = tmp_path / "notifier.yaml"
+    config_path.write_text(yaml.safe_dump(settings.model_dump(mode="json", by_alias=True)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sftp_gateway", "notifier", "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "notifier polling" in line:
+                break
+        time.sleep(1.0)  # now blocked in the long poll
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert elapsed < 10  # not the rest of the 20 s poll
 
 
 def test_notifier_cli_once_writes_eml_files_when_maildir_is_set(

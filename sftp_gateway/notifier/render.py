@@ -72,7 +72,9 @@ def recipients_for(
 def _facts(event: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The label/value lines both the text and the HTML parts show."""
     size = event.get("size")
-    size_text = f"{human_size(size)} ({size:,} bytes)" if isinstance(size, int) else "unknown"
+    size_text = "unknown"
+    if isinstance(size, int):
+        size_text = human_size(size) if size < 1024 else f"{human_size(size)} ({size:,} bytes)"
     where = event.get("client_ip") or "unknown"
     if event.get("client"):
         where = f"{where} ({event['client']})"

@@ -36,6 +36,10 @@ class WorkerStats:
     malformed: int = 0
 
 
+class _StopPolling(BaseException):
+    """Raised by the signal handler to cut short an idle long poll (never mid-message)."""
+
+
 class NotifierWorker:
     """Polls one queue and hands each message to the EventProcessor."""
 
@@ -58,6 +62,22 @@ class NotifierWorker:
         self.client = sqs_client(settings.events, read_timeout=wait + 10)
         self.stop_event = stop or threading.Event()
         self.stats = WorkerStats()
+        self.polling = False  # True only while blocked in an idle long poll
+
+    def request_stop(self, *, from_signal: bool = False) -> None:
+        """Stop after the message in hand; a signal also ends an idle long poll at once."""
+        self.stop_event.set()
+        if from_signal and self.polling:
+            raise _StopPolling
+
+    def _poll(self, wait: int) -> list[dict[str, Any]]:
+        try:
+            self.polling = True
+            if self.stop_event.is_set():
+                return []
+            return self.receive(wait)
+        finally:
+            self.polling = False
 
     def receive(self, wait: int) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {
@@ -116,8 +136,10 @@ class NotifierWorker:
         wait = min(self.config.wait_seconds, ONCE_WAIT_SECONDS) if once else None
         while not self.stop_event.is_set():
             try:
-                messages = self.receive(self.config.wait_seconds if wait is None else wait)
+                messages = self._poll(self.config.wait_seconds if wait is None else wait)
                 failures = 0
+            except _StopPolling:
+                break  # anything SQS handed over meanwhile reappears after its timeout
             except Exception as exc:
                 if once:
                     raise
@@ -136,15 +158,15 @@ class NotifierWorker:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set the stop flag (main thread only); the handlers are restored."""
+def _stop_on_signals(worker: NotifierWorker) -> Iterator[None]:
+    """SIGTERM/SIGINT stop the worker (main thread only); the handlers are restored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request_stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the message in hand, then exiting", signum)
-        stop.set()
+        worker.request_stop(from_signal=True)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -165,7 +187,7 @@ def run_worker(
     """The notifier command: poll, email, delete; returns what it did."""
     worker = NotifierWorker(settings, catalog, sender=sender, stop=stop)
     log.info("notifier polling %s", worker.queue_url)
-    with _stop_on_signals(worker.stop_event):
+    with _stop_on_signals(worker):
         stats = worker.run(once=once)
     log.info(
         "notifier stopped: %d done, %d to retry, %d malformed",
