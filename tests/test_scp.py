@@ -1,0 +1,254 @@
+"""Legacy SCP (`scp -O`): the real OpenSSH client against the gateway's sink and source."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from sftp_gateway.scp import parse_command
+from tests.helpers import MIB, SSH_OPTIONS, RunningGateway, make_pdf, sha256_file
+
+SIZE = 20 * MIB
+MTIME = 1_600_000_000  # 2020-09-13, far from "now", so a kept time is visibly kept
+
+
+def scp(
+    running: RunningGateway, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH scp in legacy mode (-O) against the gateway."""
+    cmd = ["scp", "-O", *SSH_OPTIONS, "-i", str(running.key_path), "-P", str(running.port)]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"scp {args} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def remote(path: str = "") -> str:
+    return f"alice@127.0.0.1:{path}"
+
+
+def assert_landed(running: RunningGateway, path: str, source: Path) -> None:
+    """The object is the file, carries our metadata, and has one completed catalog row."""
+    key = running.key_for(path)
+    expected = sha256_file(source)
+    assert running.object_sha256(key) == expected
+    meta = running.storage.client.head_object(Bucket=running.bucket, Key=key)["Metadata"]
+    assert meta["uploaded-by"] == "alice"
+    assert meta["sha256"] == expected
+    assert meta["original-name"] == os.path.basename(path)
+    rows = running.catalog.uploads_for_key(running.bucket, key)
+    assert rows and rows[0].status == "completed"
+    assert rows[0].sha256 == expected and rows[0].size == source.stat().st_size
+
+
+# -- the exec command line --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "sink", "paths", "recursive", "preserve"),
+    [
+        (b"scp -t .", True, ["."], False, False),
+        (b"scp -r -p -t -- dir", True, ["dir"], True, True),
+        (b"scp -v -d -t 'my dir'", True, ["my dir"], False, False),
+        (b"scp -t my file.pdf", True, ["my file.pdf"], False, False),
+        (b"scp -pf a.pdf b.pdf", False, ["a.pdf", "b.pdf"], False, True),
+        (b"/usr/bin/scp -r -f d", False, ["d"], True, False),
+    ],
+)
+def test_scp_commands_are_parsed(
+    command: bytes, sink: bool, paths: list[str], recursive: bool, preserve: bool
+) -> None:
+    request = parse_command(command)
+    assert request is not None
+    assert (request.sink, request.paths, request.recursive, request.preserve) == (
+        sink,
+        paths,
+        recursive,
+        preserve,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"md5sum x", b"echo hi", b"scp x", b"scp -t", b"scp -t -f x", b"scp -x -t x", b"scp 'x"],
+)
+def test_other_commands_are_not_scp(command: bytes) -> None:
+    assert parse_command(command) is None
+
+
+# -- uploads ------------------------------------------------------------------------------
+
+
+def test_scp_legacy_uploads_a_20mb_pdf_and_an_empty_one(gateway, tmp_path: Path) -> None:
+    big = make_pdf(tmp_path / "big.pdf", SIZE)
+    empty = make_pdf(tmp_path / "empty.pdf", 0)
+
+    scp(gateway, str(big), str(empty), remote())
+
+    assert_landed(gateway, "big.pdf", big)
+    assert_landed(gateway, "empty.pdf", empty)
+    [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("big.pdf"))
+    assert row.client_version and row.client_version.startswith("SSH-2.0-OpenSSH")
+    assert gateway.open_multipart_uploads() == []
+
+
+def test_scp_legacy_renames_on_the_way_in(gateway, tmp_path: Path) -> None:
+    source = make_pdf(tmp_path / "local.pdf", 1000)
+    scp(gateway, str(source), remote("renamed.pdf"))
+    assert_landed(gateway, "renamed.pdf", source)
+
+
+def test_scp_legacy_recursive_directory_keeps_times(gateway, tmp_path: Path) -> None:
+    tree = tmp_path / "batch"
+    (tree / "sub").mkdir(parents=True)
+    files = {
+        "batch/a.pdf": make_pdf(tree / "a.pdf", 6 * MIB),
+        "batch/empty.pdf": make_pdf(tree / "empty.pdf", 0),
+        "batch/sub/b.pdf": make_pdf(tree / "sub" / "b.pdf", 2000),
+    }
+    for source in files.values():
+        os.utime(source, (MTIME, MTIME))
+
+    scp(gateway, "-r", "-p", str(tree), remote())
+
+    for path, source in files.items():
+        assert_landed(gateway, path, source)
+        [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for(path))
+        assert row.mtime == MTIME
+    assert gateway.object_exists(gateway.key_for("batch/"))
+    assert gateway.object_exists(gateway.key_for("batch/sub/"))
+    listing = gateway.sftp("ls -l batch\n").stdout
+    assert "a.pdf" in listing and "sub" in listing
+
+
+def test_scp_legacy_into_an_existing_directory(gateway, tmp_path: Path) -> None:
+    gateway.sftp("mkdir inbox\n")
+    source = make_pdf(tmp_path / "c.pdf", 3000)
+    scp(gateway, str(source), remote("inbox"))
+    assert_landed(gateway, "inbox/c.pdf", source)
+
+
+def test_scp_legacy_second_copy_overwrites_cleanly(gateway, tmp_path: Path) -> None:
+    first = make_pdf(tmp_path / "first.pdf", 7 * MIB)
+    second = make_pdf(tmp_path / "second.pdf", 2 * MIB)
+    scp(gateway, str(first), remote("same.pdf"))
+    scp(gateway, str(second), remote("same.pdf"))
+
+    assert_landed(gateway, "same.pdf", second)
+    rows = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("same.pdf"))
+    assert [r.status for r in rows] == ["completed", "completed"]
+    assert gateway.open_multipart_uploads() == []
+
+
+# -- policy and failures --------------------------------------------------------------------
+
+
+def test_scp_legacy_refused_file_is_reported_and_the_rest_goes_on(gateway, tmp_path: Path) -> None:
+    not_pdf = tmp_path / "fake.pdf"
+    not_pdf.write_bytes(b"hello, not a pdf" * 1000)
+    wrong_name = make_pdf(tmp_path / "notes.txt", 100)
+    good = make_pdf(tmp_path / "good.pdf", 100)
+
+    result = scp(gateway, str(not_pdf), str(wrong_name), str(good), remote(), check=False)
+
+    assert result.returncode == 1
+    assert "not a PDF" in result.stderr
+    assert "only .pdf files may be uploaded here" in result.stderr
+    assert not gateway.object_exists(gateway.key_for("fake.pdf"))
+    assert not gateway.object_exists(gateway.key_for("notes.txt"))
+    assert_landed(gateway, "good.pdf", good)
+    [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("fake.pdf"))
+    assert row.status == "failed"
+
+
+def test_scp_legacy_download_of_a_missing_file_says_so(gateway, tmp_path: Path) -> None:
+    result = scp(gateway, remote("nope.pdf"), str(tmp_path / "x.pdf"), check=False)
+    assert result.returncode == 1
+    assert "no such file" in result.stderr
+    assert not (tmp_path / "x.pdf").exists()
+
+
+@pytest.mark.parametrize("command", ["md5sum missing.pdf", "echo ok", "sh -c true"])
+def test_other_exec_commands_are_refused_with_a_message(gateway, command: str) -> None:
+    result = subprocess.run(
+        [
+            "ssh",
+            *SSH_OPTIONS,
+            "-i",
+            str(gateway.key_path),
+            "-p",
+            str(gateway.port),
+            "alice@127.0.0.1",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "is not available" in result.stderr
+    assert "only SFTP and scp" in result.stderr
+    assert result.stdout == ""
+
+
+def test_client_dying_mid_file_abandons_the_upload(gateway) -> None:
+    """A short read (the client vanished) must never complete the object."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=gateway.port,
+        username="alice",
+        key_filename=str(gateway.key_path),
+        look_for_keys=False,
+        allow_agent=False,
+    )
+    channel = client.get_transport().open_session()
+    channel.exec_command("scp -t /dying.pdf")
+    assert channel.recv(1) == b"\0"
+    channel.sendall(b"C0644 20000000 dying.pdf\n")
+    assert channel.recv(1) == b"\0"
+    channel.sendall(b"%PDF-1.7\n" + os.urandom(6 * MIB))  # more than one 5 MiB part
+    client.close()
+
+    key = gateway.key_for("dying.pdf")
+    deadline = time.monotonic() + 30
+    rows = []
+    while time.monotonic() < deadline:
+        rows = gateway.catalog.uploads_for_key(gateway.bucket, key)
+        if rows and rows[0].status != "in_progress":
+            break
+        time.sleep(0.1)
+    assert rows and rows[0].status == "aborted"
+    assert not gateway.object_exists(key)
+    assert gateway.open_multipart_uploads() == []
+
+
+# -- downloads ------------------------------------------------------------------------------
+
+
+def test_scp_legacy_downloads_a_file_and_a_tree(gateway, tmp_path: Path) -> None:
+    big = make_pdf(tmp_path / "big.pdf", SIZE)
+    tree = tmp_path / "up"
+    tree.mkdir()
+    small = make_pdf(tree / "s.pdf", 1234)
+    empty = make_pdf(tree / "e.pdf", 0)
+    os.utime(small, (MTIME, MTIME))
+    scp(gateway, "-p", str(big), remote())
+    scp(gateway, "-r", "-p", str(tree), remote())
+
+    back = tmp_path / "back"
+    back.mkdir()
+    scp(gateway, remote("big.pdf"), str(back / "big.pdf"))
+    scp(gateway, "-r", "-p", remote("up"), str(back))
+
+    assert sha256_file(back / "big.pdf") == sha256_file(big)
+    assert sha256_file(back / "up" / "s.pdf") == sha256_file(small)
+    assert (back / "up" / "e.pdf").stat().st_size == 0
+    assert int((back / "up" / "s.pdf").stat().st_mtime) == MTIME
+    assert sha256_file(back / "up" / "e.pdf") == sha256_file(empty)
