@@ -470,3 +470,59 @@ def test_smtp_sender_requires_the_password_env_var(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("NO_SUCH_SMTP_PASSWORD", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_SMTP_PASSWORD"):
         SmtpSender(NotifierConfig(username="u", password_env="NO_SUCH_SMTP_PASSWORD"))
+
+
+def test_refused_upload_is_emailed_as_failed_with_the_reason(
+    tmp_path: Path, moto_endpoint: str, gateway_factory: Callable[..., RunningGateway]
+) -> None:
+    queue = create_queue(moto_endpoint)
+    handler = SmtpCapture()
+    with smtp_server(handler) as port:
+        settings = smtp_settings(tmp_path, moto_endpoint, queue, port)
+        catalog = new_catalog(settings)
+        dispatcher = Dispatcher(catalog, settings.events)
+        running = gateway_factory(catalog_url=settings.catalog.url, background=[dispatcher])
+        fake = tmp_path / "fake.pdf"
+        fake.write_bytes(b"this is not a PDF at all\n" * 100)
+        running.sftp(f"put {fake}\n", check=False)
+        wait_until(lambda: queue_depth(moto_endpoint, queue)[0], timeout=30)
+        run_worker(settings, catalog, once=True)
+    (received,) = handler.messages
+    assert received.message["Subject"] == "Upload failed: fake.pdf from alice"
+    text = text_of(received.message)
+    assert "Why it failed:" in text and "unknown reason" not in text
+
+
+class SlowCountingSender:
+    """Holds each email a moment, so two workers overlap on the same event."""
+
+    def __init__(self, sent: list[Any]) -> None:
+        self.sent = sent
+
+    def send(self, message: Any, recipients: list[str]) -> None:
+        time.sleep(0.5)
+        self.sent.append(message)
+
+
+@pytest.mark.postgres
+def test_two_workers_given_one_event_at_once_send_one_email(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    settings = events_settings(tmp_path, "http://127.0.0.1:1", "q", catalog_url=postgres_url)
+    new_catalog(settings)
+    sent: list[Any] = []
+    body = event_body()
+    outcomes: list[Any] = []
+    processors = [  # two notifiers: their own engines, one database
+        EventProcessor(new_catalog(settings), SlowCountingSender(sent), settings.notifier)
+        for _ in range(2)
+    ]
+    threads = [
+        threading.Thread(target=lambda p=p: outcomes.append(p.handle(body))) for p in processors
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [o.value for o in outcomes] == ["done", "done"]  # both copies may be deleted
+    assert len(sent) == 1

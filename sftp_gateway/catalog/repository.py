@@ -29,6 +29,7 @@ FAILED = "failed"
 ABORTED = "aborted"
 INTERRUPTED = "interrupted"
 STATUSES = (IN_PROGRESS, COMPLETED, FAILED, ABORTED, INTERRUPTED)
+EMAIL_LOCK_NAMESPACE = 0x5F7E  # advisory-lock class for email_guard
 
 
 def utcnow() -> datetime:
@@ -411,6 +412,23 @@ class Catalog:
                 )
         except IntegrityError:
             pass  # already recorded by a concurrent worker: the email went out once
+
+    @contextmanager
+    def email_guard(self, event_id: str) -> Iterator[None]:
+        """Serialise notifiers handling the same event_id, so that two copies of one
+        message delivered at the same moment still send one email.
+
+        PostgreSQL: a transaction-scoped advisory lock, released however the block ends.
+        SQLite serves a single notifier, which needs no lock.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                select(func.pg_advisory_xact_lock(EMAIL_LOCK_NAMESPACE, func.hashtext(event_id)))
+            )
+            yield
 
 
 def _key_row(key: PublicKey, now: datetime) -> UserKeyRow:

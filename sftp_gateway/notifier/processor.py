@@ -45,13 +45,14 @@ class EventProcessor:
             return Outcome.MALFORMED
         event_id = event["event_id"]
         try:
-            if self.catalog.email_already_sent(event_id):
-                log.info("event %s was already emailed; dropping the duplicate", event_id)
-                return Outcome.DONE
+            with self.catalog.email_guard(event_id):
+                if self.catalog.email_already_sent(event_id):
+                    log.info("event %s was already emailed; dropping the duplicate", event_id)
+                    return Outcome.DONE
+                return self._send(event)
         except Exception:
             log.exception("cannot check event %s in the catalog; will retry", event_id)
             return Outcome.RETRY
-        return self._send(event)
 
     def _send(self, event: dict) -> Outcome:
         event_id = event["event_id"]
