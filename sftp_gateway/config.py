@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,6 +81,8 @@ class ServerConfig(_Section):
     window_size: Size = Field(default=8 * MIB, ge=64 * 1024)
     max_packet_size: Size = Field(default=256 * 1024, ge=32 * 1024, le=1024 * 1024)
     drain_timeout: float = Field(default=30.0, ge=0)
+    # Names this process in the catalog, so a restart recovers only its own uploads.
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
 
     @field_validator("listen")
     @classmethod
@@ -196,6 +199,9 @@ class UploadsConfig(_Section):
         default_factory=lambda: ["*.filepart", "*.part", "*.tmp", ".~*"]
     )
     resume_ttl: float = Field(default=24 * 3600.0, gt=0)
+    # Out-of-order writes wait in memory up to reorder_memory, then in a temporary file.
+    reorder_memory: Size = 4 * MIB
+    reorder_spill: Size = 256 * MIB
 
     @field_validator("allowed_extensions")
     @classmethod

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import BinaryIO
 
 from sftp_gateway.auth import Principal
-from sftp_gateway.catalog.repository import Catalog
+from sftp_gateway.catalog.repository import ABORTED, Catalog, UploadRecord
 from sftp_gateway.config import Settings
 from sftp_gateway.errors import (
     AlreadyExists,
@@ -29,6 +29,7 @@ from sftp_gateway.storage.base import Storage
 from sftp_gateway.transfer import (
     ActiveUploads,
     ClientInfo,
+    FileWriter,
     Upload,
     check_name_allowed,
     metadata_safe_name,
@@ -121,8 +122,18 @@ class UserFilesystem:
                 yield from self._with_mtimes(batch, keys)
                 batch, keys = [], []
         yield from self._with_mtimes(batch, keys)
+        for partial in self._partials_in(prefix, listed=set(keys)):
+            seen_any = True
+            yield partial
         if not seen_any and self.storage.head(self.jail.key(virtual)) is None:
             raise NotFound(f"no such directory: {virtual}")
+
+    def _partials_in(self, prefix: str, listed: set[str]) -> Iterator[FileStat]:
+        """Interrupted uploads directly in this directory, shown at their resumable size."""
+        for record in self.catalog.interrupted_under(self.storage.bucket, prefix):
+            name = record.object_key[len(prefix) :]
+            if name and "/" not in name and record.object_key not in listed:
+                yield FileStat(name, False, record.size, _epoch(record.started_at))
 
     def _with_mtimes(self, batch: list[FileStat], keys: list[str]) -> Iterator[FileStat]:
         mtimes = self._mtimes(keys)
@@ -150,33 +161,89 @@ class UserFilesystem:
     # -- writing ---------------------------------------------------------------------
 
     def open_upload(
-        self, path: str, *, exclusive: bool = False, expected_size: int | None = None
-    ) -> Upload:
-        """Check name, permissions and conflicts, then start an Upload."""
+        self,
+        path: str,
+        *,
+        exclusive: bool = False,
+        truncate: bool = True,
+        append: bool = False,
+        expected_size: int | None = None,
+    ) -> FileWriter:
+        """Check name, permissions and conflicts; the upload itself starts at the first
+        write, when its offset tells a new file from a resume."""
         self.require("write")
         virtual = normalize(path)
-        key = self.jail.key(virtual)
-        check_name_allowed(self.final_name(virtual), self.settings.uploads.allowed_extensions)
-        if self.active.get(key) is not None:
-            raise PermissionDenied(f"{virtual} is being uploaded by another session")
-        if self.storage.has_prefix(key + "/"):
+        visible_key = self.jail.key(virtual)
+        final = self.final_name(virtual)
+        check_name_allowed(final, self.settings.uploads.allowed_extensions)
+        final_key = self.jail.key(final)
+        if self.storage.has_prefix(visible_key + "/"):
             raise InvalidRequest(f"{virtual} is a directory")
-        exists = self.storage.head(key) is not None
+        exists = self.storage.head(visible_key) is not None
         if exists and exclusive:
             raise AlreadyExists(f"{virtual} already exists")
-        if exists:
+        if exists or (final_key != visible_key and self.storage.head(final_key) is not None):
             self.require("overwrite")
+
+        def opener(first_offset: int | None) -> Upload:
+            return self._start_or_resume(
+                final, final_key, first_offset, truncate=truncate, expected_size=expected_size
+            )
+
+        return FileWriter(
+            opener,
+            path=virtual,
+            visible_key=visible_key,
+            registry=self.active,
+            settings=self.settings,
+            truncate=truncate,
+            append=append,
+            temporary=final_key != visible_key,
+        )
+
+    def _start_or_resume(
+        self,
+        path: str,
+        key: str,
+        first_offset: int | None,
+        *,
+        truncate: bool,
+        expected_size: int | None,
+    ) -> Upload:
+        """Offset 0 or TRUNC: a new object (an interrupted one is dropped). The committed
+        size of an interrupted upload (or APPEND): resume it. Anything else: a new file
+        whose first bytes arrived out of order, unless a resumable upload exists."""
+        partial = self.catalog.interrupted_upload(self.storage.bucket, key)
+        fresh = first_offset == 0 or truncate
+        if partial is not None and not fresh:
+            if first_offset is None or first_offset == partial.size:
+                return self._upload(path, key, expected_size, resume=partial)
+            raise InvalidRequest(
+                f"{path} can be resumed at byte {partial.size}, not at byte {first_offset}"
+            )
+        if partial is not None:
+            self._drop_partial(partial, "replaced by a new upload of the same file")
+        return self._upload(path, key, expected_size)
+
+    def _upload(
+        self, path: str, key: str, expected_size: int | None, resume: UploadRecord | None = None
+    ) -> Upload:
         return Upload(
             settings=self.settings,
             storage=self.storage,
             catalog=self.catalog,
             principal=self.principal,
             client=self.client,
-            path=virtual,
+            path=path,
             key=key,
-            registry=self.active,
             expected_size=expected_size,
+            resume=resume,
         )
+
+    def _drop_partial(self, partial: UploadRecord, reason: str) -> None:
+        if partial.s3_upload_id:
+            self.storage.abort_multipart(partial.object_key, partial.s3_upload_id)
+        self.catalog.finish_upload(partial.id, status=ABORTED, error=reason, emit=True)
 
     def final_name(self, virtual: str) -> str:
         """The name a temporary upload name stands for (`a.pdf.filepart` -> `a.pdf`)."""
@@ -189,9 +256,9 @@ class UserFilesystem:
     def set_mtime(self, path: str, mtime: int) -> None:
         """Keep a client's modification time (sftp -p, rclone, WinSCP) in the catalog."""
         key = self.jail.key(path)
-        upload = self.active.get(key)
-        if upload is not None:
-            upload.mtime = mtime
+        writer = self.active.get(key)
+        if writer is not None:
+            writer.mtime = mtime
             return
         records = self.catalog.latest_completed(self.storage.bucket, [key])
         if key in records:
@@ -202,6 +269,15 @@ class UserFilesystem:
     def remove(self, path: str) -> None:
         self.require("delete")
         key = self.jail.key(path)
+        writer = self.active.get(key)
+        if writer is not None:  # e.g. a .filepart closed but not yet renamed
+            writer.discard("removed by the client before it was published")
+            return
+        partial = self.catalog.interrupted_upload(self.storage.bucket, key)
+        if partial is not None:
+            self._drop_partial(partial, "removed by the client")
+            if self.storage.head(key) is None:
+                return
         if self.storage.head(key) is None:
             if self.storage.has_prefix(key + "/"):
                 raise InvalidRequest(f"{normalize(path)} is a directory (use rmdir)")
@@ -238,6 +314,10 @@ class UserFilesystem:
         old_key, new_key = self.jail.key(old_virtual), self.jail.key(new_virtual)
         if old_key == new_key:
             return
+        writer = self.active.get(old_key)
+        if writer is not None:
+            self._rename_written(writer, new_virtual, new_key, overwrite=overwrite)
+            return
         if self.storage.head(old_key) is None:
             if self.storage.has_prefix(old_key + "/"):
                 raise NotSupported("renaming directories is not supported")
@@ -247,10 +327,32 @@ class UserFilesystem:
             if not overwrite:
                 raise AlreadyExists(f"{new_virtual} already exists")
             self.require("overwrite")
-        original_name = posixpath.basename(new_virtual)
-        self.storage.copy(old_key, new_key, {"original-name": metadata_safe_name(original_name)})
+        self._move_object(old_key, new_key, new_virtual)
+
+    def _move_object(self, old_key: str, new_key: str, new_virtual: str) -> None:
+        """Server-side copy then delete; the catalog follows the object."""
+        original_name = metadata_safe_name(posixpath.basename(new_virtual))
+        self.storage.copy(old_key, new_key, {"original-name": original_name})
         self.storage.delete(old_key)
         self.catalog.rename_object(self.storage.bucket, old_key, new_key, new_virtual)
+
+    def _rename_written(
+        self, writer: FileWriter, new_virtual: str, new_key: str, *, overwrite: bool
+    ) -> None:
+        """Rename of a file uploaded under a temporary name (WinSCP's .filepart): publish
+        it, zero-copy when the new name is the key it was streamed to."""
+        if not writer.sealed or writer.upload is None:
+            raise InvalidRequest(f"{writer.path} is still being uploaded; close it first")
+        check_name_allowed(new_virtual, self.settings.uploads.allowed_extensions)
+        if self.storage.head(new_key) is not None:
+            if not overwrite:
+                raise AlreadyExists(f"{new_virtual} already exists")
+            self.require("overwrite")
+        if writer.upload.key == new_key:
+            writer.publish(path=new_virtual)
+            return
+        record = writer.publish()
+        self._move_object(record.object_key, new_key, new_virtual)
 
 
 class Download:

@@ -1,12 +1,16 @@
 """One upload's life: bytes counted, limits checked, the object finalised, then the catalog.
 
-Front ends (SFTP, SCP) create an `Upload` when a file is opened for writing, feed it
-sequential bytes, and end it one of three ways:
-- `commit()` on a clean close: the object is completed in S3, its SHA-256 set in its
-  metadata, and the catalog row plus its event written in one transaction;
-- `reject(error)` when policy refuses the bytes (size, signature): aborted, recorded;
-- `abandon(reason)` when the channel died: aborted, never completed, recorded.
-Whatever happens, the first error is kept and no partial object is left behind.
+Two layers:
+- `Upload` is one object being written in order: a catalog row, an UploadStream, the
+  size limit and the PDF signature check. It ends by `seal()` + `publish()` (the
+  client closed the file), `reject()` (policy refused it), `abandon()` (the channel
+  died: never completed; kept as `interrupted` for a resume when parts are in S3).
+- `FileWriter` is what a front end holds for a file open for writing. It decides at
+  the first WRITE whether this is a new object (offset 0, or TRUNC) or the resume of
+  an interrupted upload (offset = its committed size), turns APPEND into "at the end",
+  and passes writes that arrive ahead of the stream through a bounded ReorderBuffer.
+  A file opened under a temporary name (`x.pdf.filepart`) streams to the final key
+  from the start; CLOSE seals it and the rename to `x.pdf` publishes it, zero-copy.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import mimetypes
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -24,6 +29,7 @@ from sftp_gateway.catalog.repository import (
     COMPLETED,
     FAILED,
     IN_PROGRESS,
+    INTERRUPTED,
     Catalog,
     UploadRecord,
     new_upload_id,
@@ -32,8 +38,9 @@ from sftp_gateway.catalog.repository import (
 from sftp_gateway.config import Settings
 from sftp_gateway.errors import GatewayError, InvalidRequest, QuotaExceeded, UploadRejected
 from sftp_gateway.events.schema import iso
-from sftp_gateway.storage.base import Storage
-from sftp_gateway.upload.stream import StreamResult, UploadStream
+from sftp_gateway.storage.base import Part, Storage
+from sftp_gateway.upload.reorder import ReorderBuffer
+from sftp_gateway.upload.stream import Checkpoint, StreamResult, UploadStream
 
 log = logging.getLogger(__name__)
 PDF_SIGNATURE = b"%PDF-"
@@ -67,33 +74,47 @@ def check_name_allowed(path: str, allowed_extensions: list[str]) -> None:
         raise UploadRejected(f"only {', '.join(allowed_extensions)} files may be uploaded here")
 
 
+def checkpoint_of(record: UploadRecord) -> Checkpoint:
+    """The resume point stored in the catalog for an interrupted upload."""
+    state = record.resume_state or {}
+    parts = tuple(Part(**part) for part in record.parts or [])
+    return Checkpoint(
+        upload_id=record.s3_upload_id or "",
+        part_size=int(state["part_size"]),
+        parts=parts,
+        hash_state=bytes.fromhex(state["sha256_state"]),
+    )
+
+
 class ActiveUploads:
-    """The uploads open in this process, by key: STAT shows their size as it grows."""
+    """Files open for writing in this process, by visible key: STAT shows their size."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, Upload] = {}
+        self._by_key: dict[str, FileWriter] = {}
         self._lock = threading.Lock()
 
-    def add(self, upload: Upload) -> None:
+    def claim(self, key: str, writer: FileWriter) -> None:
         with self._lock:
-            self._by_key[upload.key] = upload
+            if key in self._by_key:
+                raise InvalidRequest("this file is being uploaded by another session")
+            self._by_key[key] = writer
 
-    def discard(self, upload: Upload) -> None:
+    def release(self, key: str, writer: FileWriter) -> None:
         with self._lock:
-            if self._by_key.get(upload.key) is upload:
-                del self._by_key[upload.key]
+            if self._by_key.get(key) is writer:
+                del self._by_key[key]
 
-    def get(self, key: str) -> Upload | None:
+    def get(self, key: str) -> FileWriter | None:
         with self._lock:
             return self._by_key.get(key)
 
-    def all(self) -> list[Upload]:
+    def all(self) -> list[FileWriter]:
         with self._lock:
             return list(self._by_key.values())
 
 
 class Upload:
-    """A file being written by a client, from OPEN to its end."""
+    """One object written in order, from its first byte (or its resume point) to its end."""
 
     def __init__(
         self,
@@ -105,71 +126,52 @@ class Upload:
         client: ClientInfo,
         path: str,
         key: str,
-        registry: ActiveUploads | None = None,
         expected_size: int | None = None,
+        resume: UploadRecord | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.principal = principal
         self.path = path
         self.key = key
-        self.id = new_upload_id()
-        self.started_at = utcnow()
-        self.mtime: int | None = None
-        self._registry = registry
         self._limits = settings.uploads
         self._head = b""  # the first bytes, held until the PDF signature is checked
-        self._signature_checked = not self._limits.require_pdf_signature
+        self._signature_checked = resume is not None or not self._limits.require_pdf_signature
         self._ended = False
         self._failure: GatewayError | None = None
         self.content_type = content_type_for(path)
+        if resume is None:
+            self.id = new_upload_id()
+            self.started_at = utcnow()
+            checkpoint = None
+            self._record_start(principal, client, storage.bucket)
+        else:
+            self.id = resume.id
+            self.started_at = resume.started_at
+            checkpoint = checkpoint_of(resume)
+            catalog.update_upload(self.id, status=IN_PROGRESS, error=None)
+            log.info("resuming upload %s of %s at byte %d", self.id, key, checkpoint.size)
         self.stream = UploadStream(
             storage,
             key,
             part_size=_part_size_for(settings, expected_size),
             max_concurrency=settings.storage.max_concurrency,
-            metadata=self._metadata(client),
+            metadata=self._metadata(principal, client),
             content_type=self.content_type,
             on_multipart_created=self._record_multipart,
+            resume=checkpoint,
         )
-        catalog.start_upload(
-            UploadRecord(
-                id=self.id,
-                user_name=principal.name,
-                key_fingerprint=principal.key_fingerprint,
-                client_ip=client.ip,
-                client_version=client.version,
-                path=path,
-                bucket=storage.bucket,
-                object_key=key,
-                status=IN_PROGRESS,
-                started_at=self.started_at,
-                content_type=self.content_type,
-            )
-        )
-        if registry:
-            registry.add(self)
 
     @property
     def size(self) -> int:
         """Bytes received so far (the in-progress size clients see in STAT)."""
         return self.stream.size + len(self._head)
 
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Accept the next bytes; they must continue the file where it stands."""
+    def write(self, data: bytes) -> None:
+        """Append the next bytes of the file."""
         if self._failure is not None:
             raise self._failure
         if self._ended:
             raise InvalidRequest("this upload has already ended")
-        if offset != self.size:
-            raise InvalidRequest(
-                f"write at offset {offset} but the file is {self.size} bytes long; "
-                "this server accepts sequential writes only"
-            )
         if self.size + len(data) > self._limits.max_file_size:
             self.reject(
                 QuotaExceeded(
@@ -180,29 +182,26 @@ class Upload:
             self._head += data
             if len(self._head) < len(PDF_SIGNATURE):
                 return
-            self._check_signature(self._head)
+            if not self._head.startswith(PDF_SIGNATURE):
+                self.reject(UploadRejected("file content is not a PDF (it must start with %PDF-)"))
             self._signature_checked = True
             data, self._head = self._head, b""
-        self.stream.write(data)
+        self._guard(self.stream.write, data)
 
-    def commit(self) -> UploadRecord:
-        """The client closed the file cleanly: make the object real, then record it."""
+    def seal(self) -> None:
+        """The client closed the file: every byte goes to S3; errors reach the client."""
         if self._failure is not None:
             raise self._failure  # CLOSE after a refused WRITE repeats why
         if self._ended:
             raise InvalidRequest("this upload has already ended")
-        try:
-            if self._head:  # held only while a required signature is still unseen
-                self.reject(UploadRejected("file is too short to be a PDF"))
-            result = self.stream.finish()
-        except GatewayError as exc:
-            self._fail(FAILED, str(exc))
-            raise
-        except Exception as exc:
-            log.exception("upload %s failed at close", self.id)
-            self._fail(FAILED, "internal error")
-            raise GatewayError("the upload failed on the server") from exc
-        return self._record_completed(result)
+        if self._head:  # held only while a required signature is still unseen
+            self.reject(UploadRejected("file is too short to be a PDF"))
+        self._guard(self.stream.seal)
+
+    def publish(self, mtime: int | None = None) -> UploadRecord:
+        """Make the object visible in S3, then record it and queue its event."""
+        result = self._guard(self.stream.complete)
+        return self._record_completed(result, mtime)
 
     def reject(self, error: GatewayError) -> None:
         """Policy refused the bytes: abort, record, and raise the error for the client."""
@@ -210,20 +209,74 @@ class Upload:
         self._failure = error
         raise error
 
-    def abandon(self, reason: str = "connection lost before the file was closed") -> None:
-        """The channel died with the file open: never complete, abort and record."""
-        if not self._ended:
+    def abandon(self, reason: str) -> None:
+        """The client went away mid-file: never complete; keep durable parts to resume."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            checkpoint = self.stream.interrupt()
+        except Exception:
+            log.exception("could not save upload %s for resume; aborting it", self.id)
+            checkpoint = None
+        if checkpoint is None:
+            self._ended = False
             self._fail(ABORTED, reason)
+            return
+        log.info("upload %s interrupted at byte %d: %s", self.id, checkpoint.size, reason)
+        self.catalog.update_upload(
+            self.id,
+            status=INTERRUPTED,
+            error=reason,
+            size=checkpoint.size,
+            parts=[part.__dict__ for part in checkpoint.parts],
+            resume_state={
+                "part_size": checkpoint.part_size,
+                "sha256_state": checkpoint.hash_state.hex(),
+            },
+        )
+
+    def discard(self, reason: str) -> None:
+        """Abort on the client's request (it removed the file before it was published)."""
+        self._fail(ABORTED, reason)
 
     # -- internals -------------------------------------------------------------------
 
-    def _check_signature(self, head: bytes) -> None:
-        if not head.startswith(PDF_SIGNATURE):
-            self.reject(UploadRejected("file content is not a PDF (it must start with %PDF-)"))
+    def _guard(self, action: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
+        """Run a stream action; any failure ends the upload (aborted) and reaches the client."""
+        try:
+            return action(*args)
+        except GatewayError as exc:
+            self._fail(FAILED, str(exc))
+            self._failure = exc
+            raise
+        except Exception as exc:
+            log.exception("upload %s failed", self.id)
+            self._fail(FAILED, "internal error")
+            self._failure = GatewayError("the upload failed on the server")
+            raise self._failure from exc
 
-    def _metadata(self, client: ClientInfo) -> dict[str, str]:
+    def _record_start(self, principal: Principal, client: ClientInfo, bucket: str) -> None:
+        self.catalog.start_upload(
+            UploadRecord(
+                id=self.id,
+                user_name=principal.name,
+                key_fingerprint=principal.key_fingerprint,
+                client_ip=client.ip,
+                client_version=client.version,
+                path=self.path,
+                bucket=bucket,
+                object_key=self.key,
+                status=IN_PROGRESS,
+                started_at=self.started_at,
+                content_type=self.content_type,
+                owner=self.settings.server.instance_id,
+            )
+        )
+
+    def _metadata(self, principal: Principal, client: ClientInfo) -> dict[str, str]:
         return {
-            "uploaded-by": self.principal.name,
+            "uploaded-by": principal.name,
             "upload-id": self.id,
             "uploaded-at": iso(self.started_at) or "",
             "client-ip": client.ip or "",
@@ -233,11 +286,9 @@ class Upload:
     def _record_multipart(self, s3_upload_id: str) -> None:
         self.catalog.update_upload(self.id, s3_upload_id=s3_upload_id)
 
-    def _record_completed(self, result: StreamResult) -> UploadRecord:
+    def _record_completed(self, result: StreamResult, mtime: int | None) -> UploadRecord:
         """Catalog row and event in one transaction; retried, since S3 already has it."""
         self._ended = True
-        if self._registry:
-            self._registry.discard(self)
         deadline = time.monotonic() + CATALOG_RETRY_SECONDS
         delay = 0.2
         while True:
@@ -248,8 +299,11 @@ class Upload:
                     size=result.size,
                     sha256=result.sha256,
                     completed_at=utcnow(),
-                    mtime=self.mtime,
-                    parts=[p.__dict__ for p in result.parts] or None,
+                    mtime=mtime,
+                    path=self.path,
+                    parts=None,
+                    resume_state=None,
+                    error=None,
                 )
             except Exception:
                 if time.monotonic() > deadline:
@@ -266,8 +320,6 @@ class Upload:
         if self._ended:
             return
         self._ended = True
-        if self._registry:
-            self._registry.discard(self)
         try:
             self.stream.abort()
         except Exception:
@@ -279,6 +331,130 @@ class Upload:
             )
         except Exception:
             log.exception("could not record the end of upload %s (%s)", self.id, reason)
+
+
+Opener = Callable[[int | None], Upload]
+
+
+class FileWriter:
+    """A file open for writing, as a front end sees it (SFTP handle, SCP file)."""
+
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        path: str,
+        visible_key: str,
+        registry: ActiveUploads,
+        settings: Settings,
+        truncate: bool = True,
+        append: bool = False,
+        temporary: bool = False,
+    ) -> None:
+        self._opener = opener
+        self.path = path
+        self.visible_key = visible_key
+        self.truncate = truncate
+        self.append = append
+        self.temporary = temporary
+        self.mtime: int | None = None
+        self.upload: Upload | None = None
+        self.sealed = False
+        self.started_at = utcnow()
+        self._registry = registry
+        self._reorder = ReorderBuffer(
+            settings.uploads.reorder_memory, settings.uploads.reorder_spill
+        )
+        self._max_size = settings.uploads.max_file_size
+        registry.claim(visible_key, self)
+
+    @property
+    def size(self) -> int:
+        """The file's size as the client sees it now (highest byte written)."""
+        written = self.upload.size if self.upload else 0
+        return max(written, self._reorder.highest_end)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Take a WRITE at any offset: in order, ahead (reordered), or a resume point."""
+        if self.sealed:
+            raise InvalidRequest("this file is already closed")
+        if self.upload is None:
+            self.upload = self._opener(None if self.append else offset)
+        upload = self.upload
+        if self.append:
+            offset = max(upload.size, self._reorder.highest_end)
+        if offset == upload.size:
+            upload.write(data)
+            for chunk in self._reorder.take_from(upload.size):
+                upload.write(chunk)
+        elif offset > upload.size:
+            if offset + len(data) > self._max_size:
+                upload.reject(
+                    QuotaExceeded(f"file exceeds the maximum size of {_human(self._max_size)}")
+                )
+            self._reorder.add(offset, data)
+        else:
+            raise InvalidRequest(
+                f"write at offset {offset} rewrites bytes already stored "
+                f"(the file is {upload.size} bytes long); rewriting is not supported"
+            )
+
+    def commit(self) -> UploadRecord | None:
+        """A clean CLOSE: seal, then publish unless a rename will (temporary names)."""
+        self.seal()
+        if self.temporary:
+            return None
+        return self.publish()
+
+    def seal(self) -> None:
+        if self.sealed:
+            return
+        if self.upload is None:
+            self.upload = self._opener(0)  # closed without a write: an empty file
+        if self._reorder.pending:
+            self._release()
+            self.upload.reject(
+                InvalidRequest("the file has holes: some bytes before its end were never sent")
+            )
+        try:
+            self.upload.seal()
+        except GatewayError:
+            self._release()
+            raise
+        self.sealed = True
+
+    def publish(self, path: str | None = None) -> UploadRecord:
+        """Complete the object (at the final key) and record it; `path` names it after a
+        zero-copy rename of a temporary name."""
+        assert self.upload is not None and self.sealed
+        if path is not None:
+            self.upload.path = path
+        try:
+            return self.upload.publish(self.mtime)
+        finally:
+            self._release()
+
+    def abandon(self, reason: str = "connection lost before the file was closed") -> None:
+        """The channel died. A sealed temporary file was closed cleanly: publish it under
+        its final name rather than lose it; anything else is interrupted, never completed."""
+        try:
+            if self.sealed and self.temporary and self.upload is not None:
+                log.info("publishing %s: closed but never renamed", self.upload.key)
+                self.publish()
+            elif self.upload is not None:
+                self.upload.abandon(reason)
+        finally:
+            self._release()
+
+    def discard(self, reason: str) -> None:
+        """REMOVE of a file still open or awaiting its rename: abort, publish nothing."""
+        if self.upload is not None:
+            self.upload.discard(reason)
+        self._release()
+
+    def _release(self) -> None:
+        self._reorder.close()
+        self._registry.release(self.visible_key, self)
 
 
 def _part_size_for(settings: Settings, expected_size: int | None) -> int:

@@ -75,6 +75,7 @@ class UploadRow(Base):
     s3_upload_id: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     mtime: Mapped[int | None] = mapped_column(BigInteger)
+    owner: Mapped[str | None] = mapped_column(String(128))  # instance that runs it
     # Resume state: committed parts [{"n","etag","size","checksum"}] and hash state.
     parts: Mapped[list | None] = mapped_column(JSON)
     resume_state: Mapped[dict | None] = mapped_column(JSON)

@@ -76,6 +76,7 @@ class UploadRecord:
     s3_upload_id: str | None = None
     error: str | None = None
     mtime: int | None = None
+    owner: str | None = None
     parts: list[dict[str, Any]] | None = None
     resume_state: dict[str, Any] | None = None
 
@@ -116,6 +117,7 @@ def _upload_record(row: UploadRow) -> UploadRecord:
         s3_upload_id=row.s3_upload_id,
         error=row.error,
         mtime=row.mtime,
+        owner=row.owner,
         parts=row.parts,
         resume_state=row.resume_state,
     )
@@ -306,6 +308,34 @@ class Catalog:
             query = query.where(UploadRow.started_at < older_than)
         with self._tx() as session:
             return [_upload_record(row) for row in session.scalars(query).all()]
+
+    def interrupted_upload(self, bucket: str, key: str) -> UploadRecord | None:
+        """The newest resumable upload of this key, if any."""
+        with self._tx() as session:
+            row = session.scalars(
+                select(UploadRow)
+                .where(
+                    UploadRow.bucket == bucket,
+                    UploadRow.object_key == key,
+                    UploadRow.status == INTERRUPTED,
+                )
+                .order_by(UploadRow.started_at.desc())
+                .limit(1)
+            ).first()
+            return _upload_record(row) if row else None
+
+    def interrupted_under(self, bucket: str, prefix: str) -> list[UploadRecord]:
+        """Resumable uploads whose key lies under `prefix` (listed as partial files)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._tx() as session:
+            rows = session.scalars(
+                select(UploadRow).where(
+                    UploadRow.bucket == bucket,
+                    UploadRow.status == INTERRUPTED,
+                    UploadRow.object_key.like(escaped + "%", escape="\\"),
+                )
+            ).all()
+            return [_upload_record(row) for row in rows]
 
     def latest_completed(self, bucket: str, keys: Sequence[str]) -> dict[str, UploadRecord]:
         """The newest completed upload of each key, for mtimes set by SETSTAT."""

@@ -30,6 +30,7 @@ _STATUS = (
 def status_for(exc: BaseException) -> tuple[int, str]:
     """(SFTP status, message for the user). Unexpected errors hide their details."""
     if isinstance(exc, errors.GatewayError):
+        log.info("request refused: %s", exc)
         for kind, code in _STATUS:
             if isinstance(exc, kind):
                 return code, str(exc)

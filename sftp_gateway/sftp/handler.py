@@ -12,7 +12,7 @@ from paramiko.sftp import SFTP_OK
 from sftp_gateway.errors import InvalidRequest, NotSupported
 from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
 from sftp_gateway.paths import normalize
-from sftp_gateway.transfer import Upload
+from sftp_gateway.transfer import FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,36 +33,35 @@ def attributes(item: FileStat) -> paramiko.SFTPAttributes:
 class UploadHandle(paramiko.SFTPHandle):
     """A file open for writing. CLOSE commits; paramiko's teardown close() abandons."""
 
-    def __init__(self, upload: Upload, *, append: bool) -> None:
+    def __init__(self, writer: FileWriter) -> None:
         super().__init__()
-        self.upload = upload
-        self.append = append
+        self.writer = writer
 
     def write(self, offset: int, data: bytes) -> int:
-        self.upload.write(self.upload.size if self.append else offset, data)
+        self.writer.write(offset, data)
         return SFTP_OK
 
     def read(self, offset: int, length: int) -> bytes:
         raise InvalidRequest("this file is open for writing; reading it back is not supported")
 
     def stat(self) -> paramiko.SFTPAttributes:
-        name = self.upload.path.rsplit("/", 1)[-1]
-        return attributes(FileStat(name, False, self.upload.size, self.upload.mtime))
+        name = self.writer.path.rsplit("/", 1)[-1]
+        return attributes(FileStat(name, False, self.writer.size, self.writer.mtime))
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        apply_attributes(attr, current_size=self.upload.size, set_mtime=self._set_mtime)
+        apply_attributes(attr, current_size=self.writer.size, set_mtime=self._set_mtime)
         return SFTP_OK
 
     def _set_mtime(self, mtime: int) -> None:
-        self.upload.mtime = mtime
+        self.writer.mtime = mtime
 
     def commit(self) -> None:
         """A clean SFTP CLOSE: the only way an upload becomes an object."""
-        self.upload.commit()
+        self.writer.commit()
 
     def close(self) -> None:
         """Called by paramiko for handles left open when the session ends."""
-        self.upload.abandon()
+        self.writer.abandon()
 
 
 class DownloadHandle(paramiko.SFTPHandle):
@@ -119,11 +118,13 @@ class GatewaySFTPInterface(paramiko.SFTPServerInterface):
 
     def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> paramiko.SFTPHandle:
         if flags & (os.O_WRONLY | os.O_RDWR):
-            append = bool(flags & os.O_APPEND)
-            if append and self.fs.storage.head(self.fs.jail.key(path)) is not None:
-                raise NotSupported("appending to an existing file is not supported")
-            upload = self.fs.open_upload(path, exclusive=bool(flags & os.O_EXCL))
-            return UploadHandle(upload, append=append)
+            writer = self.fs.open_upload(
+                path,
+                exclusive=bool(flags & os.O_EXCL),
+                truncate=bool(flags & os.O_TRUNC),
+                append=bool(flags & os.O_APPEND),
+            )
+            return UploadHandle(writer)
         download = self.fs.open_download(path)
         return DownloadHandle(download, normalize(path).rsplit("/", 1)[-1])
 

@@ -122,7 +122,7 @@ class GatewaySFTPServer(paramiko.SFTPServer):
         for handle in list(self.file_table.values()):
             if isinstance(handle, UploadHandle):
                 try:
-                    handle.upload.abandon()
+                    handle.writer.abandon()
                 except Exception:
                     log.exception("abandoning an upload failed")
         super().finish_subsystem()

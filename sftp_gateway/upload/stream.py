@@ -6,17 +6,20 @@ send slot is busy, `write` blocks, the SFTP thread stops reading the channel, th
 window closes, and the client slows down: a slow S3 costs time, not memory.
 
 The SHA-256 runs on its own thread, in order, beside the part sends, so hashing is off
-the thread that reads the network. A file smaller than one part is a single PUT.
+the thread that reads the network. After each part it records the hash state (a
+resumable SHA-256), so an interrupted upload can continue later with a correct hash
+of the whole file. A file smaller than one part is a single PUT.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+
+from rehashes import PySha256
 
 from sftp_gateway.errors import StorageError
 from sftp_gateway.storage.base import Part, Storage
@@ -33,6 +36,20 @@ class StreamResult:
     parts: tuple[Part, ...]
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What is durably in S3: parts 1..n, their bytes, the SHA-256 state after them."""
+
+    upload_id: str
+    part_size: int
+    parts: tuple[Part, ...]
+    hash_state: bytes
+
+    @property
+    def size(self) -> int:
+        return sum(part.size for part in self.parts)
+
+
 class UploadStream:
     """One object being written. Not thread-safe: one writer thread, as SFTP gives us."""
 
@@ -46,32 +63,37 @@ class UploadStream:
         metadata: dict[str, str],
         content_type: str,
         on_multipart_created: Callable[[str], None] | None = None,
+        resume: Checkpoint | None = None,
     ) -> None:
         self.storage = storage
         self.key = key
-        self.part_size = part_size
+        self.part_size = resume.part_size if resume else part_size
         self.metadata = metadata
         self.content_type = content_type
         self._on_created = on_multipart_created
         self._max_concurrency = max_concurrency
-        self._buffer = bytearray(part_size)
+        self._buffer = bytearray(self.part_size)
         self._fill = 0
-        self._size = 0
         self._spare: list[bytearray] = []
         self._spare_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._hasher = hashlib.sha256()
-        self._parts: list[Part] = []
         self._futures: list[Future[None]] = []
         self._error: BaseException | None = None
-        self._upload_id: str | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._hashing: ThreadPoolExecutor | None = None
-        self._closed = False
+        self._resumed = resume
+        self._upload_id = resume.upload_id if resume else None
+        self._parts: dict[int, Part] = {p.number: p for p in resume.parts} if resume else {}
+        self._base_parts = len(self._parts)
+        self._size = resume.size if resume else 0
+        self._hasher = PySha256.deserialize(resume.hash_state) if resume else PySha256()
+        self._hash_states: dict[int, bytes] = {}
+        if resume:
+            self._start_threads()
 
     @property
     def size(self) -> int:
-        """Bytes accepted so far."""
+        """Bytes accepted so far (for a resumed upload, including the earlier ones)."""
         return self._size
 
     @property
@@ -92,43 +114,67 @@ class UploadStream:
             if self._fill == self.part_size:
                 self._seal_part()
 
-    def finish(self) -> StreamResult:
-        """Send what is left, wait for every part, complete the object."""
+    def seal(self) -> None:
+        """No more bytes: send the last part and wait until every part is in S3."""
         self._raise_if_failed()
-        try:
-            if self._upload_id is None:
-                body = bytes(memoryview(self._buffer)[: self._fill])
-                self._hasher.update(body)
-                digest = self._hasher.hexdigest()
-                self.storage.put(self.key, body, self._final_metadata(digest), self.content_type)
-                return StreamResult(self._size, digest, False, ())
+        if self._upload_id is not None:
             if self._fill:
                 self._seal_part()
             self._drain()
             self._raise_if_failed()
-            parts = tuple(sorted(self._parts, key=lambda p: p.number))
+
+    def complete(self) -> StreamResult:
+        """Make the object visible, with its SHA-256 in its metadata. Call after seal()."""
+        try:
+            if self._upload_id is None:
+                body = bytes(memoryview(self._buffer)[: self._fill])
+                self._hasher.update(body)
+                digest = self._hasher.finalize()
+                self.storage.put(self.key, body, self._final_metadata(digest), self.content_type)
+                return StreamResult(self._size, digest, False, ())
+            parts = tuple(self._parts[n] for n in sorted(self._parts))
             self.storage.complete_multipart(self.key, self._upload_id, list(parts))
-            digest = self._hasher.hexdigest()
+            digest = self._hasher.finalize()
             # The SHA-256 is known only now; S3 takes metadata at creation, so set it in place.
             self.storage.replace_metadata(
                 self.key, self._final_metadata(digest), self.content_type, self._size
             )
             return StreamResult(self._size, digest, True, parts)
         finally:
-            self._closed = True
             self._shutdown_threads()
+
+    def finish(self) -> StreamResult:
+        self.seal()
+        return self.complete()
 
     def abort(self) -> None:
         """Stop, wait for parts in flight, and abort the multipart upload (no orphan)."""
-        self._closed = True
         self._drain()
         self._shutdown_threads()
         if self._upload_id is not None:
-            try:
-                self.storage.abort_multipart(self.key, self._upload_id)
-            except StorageError:
-                log.warning("abort of %s (%s) failed; gc will retry", self.key, self._upload_id)
-                raise
+            self.storage.abort_multipart(self.key, self._upload_id)
+
+    def interrupt(self) -> Checkpoint | None:
+        """The client is gone: keep what is durably in S3 for a later resume.
+
+        Returns the checkpoint of the longest run of parts 1..n that S3 holds, or None
+        (after aborting) when nothing is durable. Bytes not yet in a part are dropped.
+        """
+        self._drain()
+        self._shutdown_threads()
+        if self._upload_id is None:
+            return None
+        count = self._base_parts
+        while count + 1 in self._parts and count + 1 in self._hash_states:
+            count += 1
+        if count == 0:
+            self.storage.abort_multipart(self.key, self._upload_id)
+            return None
+        state = (
+            self._hash_states[count] if count > self._base_parts else self._resumed.hash_state  # type: ignore[union-attr]
+        )
+        parts = tuple(self._parts[n] for n in range(1, count + 1))
+        return Checkpoint(self._upload_id, self.part_size, parts, state)
 
     # -- internals -------------------------------------------------------------------
 
@@ -138,35 +184,43 @@ class UploadStream:
     def _seal_part(self) -> None:
         """Hand the full buffer to the senders and take a fresh one to fill."""
         if self._upload_id is None:
-            self._start_multipart()
-        number = len(self._futures) + 1
+            self._upload_id = self.storage.create_multipart(
+                self.key, self.metadata, self.content_type
+            )
+            self._start_threads()
+            if self._on_created:
+                self._on_created(self._upload_id)
+        number = self._base_parts + len(self._futures) + 1
         if number > S3_MAX_PARTS:
             raise StorageError("file too large for the configured part size")
         self._slots.acquire()  # blocks while max_concurrency parts are in flight
-        self._raise_if_failed(release=True)
+        if self._error is not None:
+            self._slots.release()
+            self._raise_if_failed()
         buffer, length = self._buffer, self._fill
         self._buffer, self._fill = self._take_spare(), 0
         assert self._hashing is not None and self._senders is not None
         body = buffer if length == len(buffer) else bytes(memoryview(buffer)[:length])
-        hashed = self._hashing.submit(self._hasher.update, body)
+        hashed = self._hashing.submit(self._hash_part, number, body)
         sent = self._senders.submit(self._send_part, number, body)
         done = _all_of(hashed, sent)
         self._futures.append(done)
         done.add_done_callback(lambda f: self._part_settled(f, buffer))
 
-    def _start_multipart(self) -> None:
-        self._upload_id = self.storage.create_multipart(self.key, self.metadata, self.content_type)
+    def _start_threads(self) -> None:
         self._senders = ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="part")
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
-        if self._on_created:
-            self._on_created(self._upload_id)
+
+    def _hash_part(self, number: int, body: bytes | bytearray) -> None:
+        # The resumable hasher takes only bytes: one transient copy, on this thread.
+        self._hasher.update(body if isinstance(body, bytes) else bytes(body))
+        self._hash_states[number] = self._hasher.serialize()
 
     def _send_part(self, number: int, body: bytes | bytearray) -> None:
         if self._error is not None:
-            return  # an earlier part failed: the upload will be aborted, save the work
+            return  # an earlier part failed: the upload will end, save the work
         assert self._upload_id is not None
-        part = self.storage.upload_part(self.key, self._upload_id, number, body)
-        self._parts.append(part)  # list.append is atomic under the GIL
+        self._parts[number] = self.storage.upload_part(self.key, self._upload_id, number, body)
 
     def _part_settled(self, future: Future[None], buffer: bytearray) -> None:
         error = future.exception()
@@ -185,11 +239,9 @@ class UploadStream:
     def _drain(self) -> None:
         wait(list(self._futures))
 
-    def _raise_if_failed(self, release: bool = False) -> None:
+    def _raise_if_failed(self) -> None:
         if self._error is None:
             return
-        if release:
-            self._slots.release()
         if isinstance(self._error, StorageError):
             raise self._error
         raise StorageError("upload to storage failed") from self._error

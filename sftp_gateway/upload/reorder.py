@@ -1,0 +1,79 @@
+"""Absorb writes that arrive ahead of the stream, so out-of-order clients still work.
+
+Some clients (asyncssh, older Go clients, Node ssh2 fastPut, WS_FTP) send WRITEs for
+several offsets at once and the server may see them out of order. The stream needs
+bytes in order, so chunks ahead of it wait here: in memory up to `memory_limit`, then
+in an anonymous temporary file (deleted by the OS when closed). As soon as the gap
+before them fills, they flow on in order. Nothing is ever written twice or skipped.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from sftp_gateway.errors import InvalidRequest
+
+
+class ReorderBuffer:
+    """Chunks keyed by offset, waiting for the stream to reach them."""
+
+    def __init__(self, memory_limit: int, spill_limit: int) -> None:
+        self.memory_limit = memory_limit
+        self.spill_limit = spill_limit
+        self._memory: dict[int, bytes] = {}
+        self._spilled: dict[int, tuple[int, int]] = {}  # offset -> (file position, length)
+        self._memory_bytes = 0
+        self._spill: BinaryIO | None = None
+        self._spill_end = 0
+        self.highest_end = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._memory or self._spilled)
+
+    def add(self, offset: int, data: bytes) -> None:
+        """Keep a chunk that starts beyond the stream's current end."""
+        if offset in self._memory or offset in self._spilled:
+            raise InvalidRequest(f"the bytes at offset {offset} were already written")
+        self.highest_end = max(self.highest_end, offset + len(data))
+        if self._memory_bytes + len(data) <= self.memory_limit:
+            self._memory[offset] = data
+            self._memory_bytes += len(data)
+            return
+        if self._spill_end + len(data) > self.spill_limit:
+            raise InvalidRequest(
+                "writes arrive too far out of order for this server "
+                f"(more than {self.spill_limit} bytes ahead of the file's end)"
+            )
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="sftp-gateway-reorder-")  # noqa: SIM115 - lives until close()
+        self._spill.seek(self._spill_end)
+        self._spill.write(data)
+        self._spilled[offset] = (self._spill_end, len(data))
+        self._spill_end += len(data)
+
+    def take_from(self, position: int) -> Iterator[bytes]:
+        """Yield the waiting chunks that continue the stream at `position`, in order."""
+        while True:
+            if position in self._memory:
+                data = self._memory.pop(position)
+                self._memory_bytes -= len(data)
+            elif position in self._spilled:
+                where, length = self._spilled.pop(position)
+                assert self._spill is not None
+                self._spill.seek(where)
+                data = self._spill.read(length)
+            else:
+                return
+            position += len(data)
+            yield data
+
+    def close(self) -> None:
+        self._memory.clear()
+        self._spilled.clear()
+        self._memory_bytes = 0
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
