@@ -55,7 +55,7 @@ def test_valid_config_and_env_override(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_env_var_for_unknown_key_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="storage.bukket: unknown key"):
+    with pytest.raises(ConfigError, match=r"storage\.bukket: unknown key"):
         settings_from_dict({"storage": {"bucket": "abc"}}, {"SFTP_GATEWAY__STORAGE__BUKKET": "x"})
 
 
