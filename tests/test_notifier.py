@@ -526,3 +526,23 @@ def test_two_workers_given_one_event_at_once_send_one_email(
         thread.join(30)
     assert [o.value for o in outcomes] == ["done", "done"]  # both copies may be deleted
     assert len(sent) == 1
+
+
+def test_notifier_cli_without_a_queue_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config_path = tmp_path / "noqueue.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"bucket": "abc"},
+                "catalog": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sftp_gateway", "notifier", "--once", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "events.queue_url" in result.stderr
