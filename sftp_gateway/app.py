@@ -24,6 +24,7 @@ from sftp_gateway.catalog.db import make_engine, upgrade
 from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import Settings
 from sftp_gateway.filesystem import UserFilesystem
+from sftp_gateway.gc import PeriodicGc, recover_after_crash
 from sftp_gateway.hostkeys import load_host_keys
 from sftp_gateway.scp import handle_exec
 from sftp_gateway.sftp.handler import GatewaySFTPInterface
@@ -61,7 +62,10 @@ class Gateway:
         self.active = ActiveUploads()
         self.authenticator = Authenticator(self.catalog)
         self.host_keys = load_host_keys(settings.server.host_keys_dir)
-        self.background = background or []  # objects with start() and stop()
+        self.background = [  # objects with start() and stop()
+            *(background or []),
+            PeriodicGc(settings, self.catalog, self.storage),
+        ]
         self._listener: socket.socket | None = None
         self._transports: set[paramiko.Transport] = set()
         self._lock = threading.Lock()
@@ -82,6 +86,13 @@ class Gateway:
         listener.settimeout(0.5)
         self._listener = listener
         self.address = listener.getsockname()[:2]
+        recovered = recover_after_crash(self.settings, self.storage, self.catalog)
+        if recovered.recovered or recovered.aborted:
+            log.info(
+                "after restart: %d upload(s) resumable, %d aborted",
+                len(recovered.recovered),
+                len(recovered.aborted),
+            )
         for worker in self.background:
             worker.start()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)

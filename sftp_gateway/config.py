@@ -199,6 +199,7 @@ class UploadsConfig(_Section):
         default_factory=lambda: ["*.filepart", "*.part", "*.tmp", ".~*"]
     )
     resume_ttl: float = Field(default=24 * 3600.0, gt=0)
+    gc_interval: float = Field(default=3600.0, gt=0)
     # Out-of-order writes wait in memory up to reorder_memory, then in a temporary file.
     reorder_memory: Size = 4 * MIB
     reorder_spill: Size = 256 * MIB

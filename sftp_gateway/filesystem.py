@@ -90,9 +90,12 @@ class UserFilesystem:
         if virtual == "/":
             return FileStat(name, True)
         key = self.jail.key(virtual)
-        upload = self.active.get(key)
-        if upload is not None:
-            return FileStat(name, False, upload.size, upload.mtime or _epoch(upload.started_at))
+        writer = self.active.get(key)
+        if writer is not None:
+            return FileStat(name, False, writer.size, writer.mtime or _epoch(writer.started_at))
+        partial = self.catalog.interrupted_upload(self.storage.bucket, key)
+        if partial is not None:  # resumable: clients resume from this size
+            return FileStat(name, False, partial.size, partial.mtime or _epoch(partial.started_at))
         info = self.storage.head(key)
         if info is not None:
             return FileStat(
@@ -199,6 +202,8 @@ class UserFilesystem:
             truncate=truncate,
             append=append,
             temporary=final_key != visible_key,
+            existed=exists
+            or self.catalog.interrupted_upload(self.storage.bucket, final_key) is not None,
         )
 
     def _start_or_resume(

@@ -86,6 +86,19 @@ def checkpoint_of(record: UploadRecord) -> Checkpoint:
     )
 
 
+def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, object]:
+    """The catalog columns that record a resume point."""
+    return {
+        "size": checkpoint.size,
+        "parts": [part.__dict__ for part in checkpoint.parts],
+        "resume_state": {
+            "part_size": checkpoint.part_size,
+            "sha256_state": checkpoint.hash_state.hex(),
+            "saved_at": iso(utcnow()),
+        },
+    }
+
+
 class ActiveUploads:
     """Files open for writing in this process, by visible key: STAT shows their size."""
 
@@ -158,6 +171,7 @@ class Upload:
             metadata=self._metadata(principal, client),
             content_type=self.content_type,
             on_multipart_created=self._record_multipart,
+            on_checkpoint=self._record_checkpoint,
             resume=checkpoint,
         )
 
@@ -225,15 +239,7 @@ class Upload:
             return
         log.info("upload %s interrupted at byte %d: %s", self.id, checkpoint.size, reason)
         self.catalog.update_upload(
-            self.id,
-            status=INTERRUPTED,
-            error=reason,
-            size=checkpoint.size,
-            parts=[part.__dict__ for part in checkpoint.parts],
-            resume_state={
-                "part_size": checkpoint.part_size,
-                "sha256_state": checkpoint.hash_state.hex(),
-            },
+            self.id, status=INTERRUPTED, error=reason, **checkpoint_fields(checkpoint)
         )
 
     def discard(self, reason: str) -> None:
@@ -285,6 +291,10 @@ class Upload:
 
     def _record_multipart(self, s3_upload_id: str) -> None:
         self.catalog.update_upload(self.id, s3_upload_id=s3_upload_id)
+
+    def _record_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Progress in the catalog, so a gateway killed now can offer a resume later."""
+        self.catalog.update_upload(self.id, **checkpoint_fields(checkpoint))
 
     def _record_completed(self, result: StreamResult, mtime: int | None) -> UploadRecord:
         """Catalog row and event in one transaction; retried, since S3 already has it."""
@@ -350,8 +360,11 @@ class FileWriter:
         truncate: bool = True,
         append: bool = False,
         temporary: bool = False,
+        existed: bool = False,
     ) -> None:
         self._opener = opener
+        self._existed = existed
+        self._failure: GatewayError | None = None
         self.path = path
         self.visible_key = visible_key
         self.truncate = truncate
@@ -378,8 +391,14 @@ class FileWriter:
         """Take a WRITE at any offset: in order, ahead (reordered), or a resume point."""
         if self.sealed:
             raise InvalidRequest("this file is already closed")
+        if self._failure is not None:
+            raise self._failure
         if self.upload is None:
-            self.upload = self._opener(None if self.append else offset)
+            try:
+                self.upload = self._opener(None if self.append else offset)
+            except GatewayError as exc:
+                self._failure = exc  # nothing started; CLOSE repeats this and changes nothing
+                raise
         upload = self.upload
         if self.append:
             offset = max(upload.size, self._reorder.highest_end)
@@ -401,6 +420,12 @@ class FileWriter:
 
     def commit(self) -> UploadRecord | None:
         """A clean CLOSE: seal, then publish unless a rename will (temporary names)."""
+        if self._failure is not None:
+            self._release()
+            raise self._failure
+        if self.upload is None and self._existed and not self.truncate:
+            self._release()  # opened without TRUNC, nothing written: the file is unchanged
+            return None
         self.seal()
         if self.temporary:
             return None

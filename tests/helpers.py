@@ -171,6 +171,7 @@ def start_gateway(
     catalog_url: str | None = None,
     permissions: frozenset[str] = DEFAULT_PERMISSIONS,
     background: list[Any] | None = None,
+    add_user: bool = True,
 ) -> RunningGateway:
     settings = settings_from_dict(
         deep_merge(base_config(tmp, endpoint, bucket, catalog_url), config or {}), environ={}
@@ -180,9 +181,10 @@ def start_gateway(
     catalog = build_catalog(settings)
     key_path = make_user_key(tmp / "userkeys")
     public = parse_public_key(key_path.with_suffix(".pub").read_text())
-    catalog.add_user(
-        "alice", public, home="alice", permissions=permissions, email="alice@example.com"
-    )
+    if add_user:
+        catalog.add_user(
+            "alice", public, home="alice", permissions=permissions, email="alice@example.com"
+        )
     gateway = Gateway(settings, storage=storage, catalog=catalog, background=background)
     _, port = gateway.start()
     return RunningGateway(settings, gateway, catalog, storage, port, key_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class UploadStream:
         metadata: dict[str, str],
         content_type: str,
         on_multipart_created: Callable[[str], None] | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        checkpoint_interval: float = 1.0,
         resume: Checkpoint | None = None,
     ) -> None:
         self.storage = storage
@@ -88,6 +91,11 @@ class UploadStream:
         self._size = resume.size if resume else 0
         self._hasher = PySha256.deserialize(resume.hash_state) if resume else PySha256()
         self._hash_states: dict[int, bytes] = {}
+        self._on_checkpoint = on_checkpoint
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointed = self._base_parts
+        self._last_checkpoint = 0.0
         if resume:
             self._start_threads()
 
@@ -164,17 +172,44 @@ class UploadStream:
         self._shutdown_threads()
         if self._upload_id is None:
             return None
+        checkpoint = self._durable_prefix()
+        if checkpoint is None:
+            self.storage.abort_multipart(self.key, self._upload_id)
+        return checkpoint
+
+    def _durable_prefix(self) -> Checkpoint | None:
+        """The longest run of parts 1..n both stored in S3 and hashed, or None."""
+        if self._upload_id is None:
+            return None
         count = self._base_parts
         while count + 1 in self._parts and count + 1 in self._hash_states:
             count += 1
         if count == 0:
-            self.storage.abort_multipart(self.key, self._upload_id)
             return None
-        state = (
-            self._hash_states[count] if count > self._base_parts else self._resumed.hash_state  # type: ignore[union-attr]
-        )
+        if count > self._base_parts:
+            state = self._hash_states[count]
+        else:
+            assert self._resumed is not None
+            state = self._resumed.hash_state
         parts = tuple(self._parts[n] for n in range(1, count + 1))
         return Checkpoint(self._upload_id, self.part_size, parts, state)
+
+    def _maybe_checkpoint(self) -> None:
+        """Report progress (at most once per interval) so a crash can resume from it."""
+        with self._checkpoint_lock:
+            now = time.monotonic()
+            if now - self._last_checkpoint < self._checkpoint_interval:
+                return
+            checkpoint = self._durable_prefix()
+            if checkpoint is None or len(checkpoint.parts) <= self._checkpointed:
+                return
+            self._checkpointed = len(checkpoint.parts)
+            self._last_checkpoint = now
+            try:
+                assert self._on_checkpoint is not None
+                self._on_checkpoint(checkpoint)
+            except Exception:
+                log.warning("could not record a resume checkpoint", exc_info=True)
 
     # -- internals -------------------------------------------------------------------
 
@@ -229,6 +264,8 @@ class UploadStream:
         with self._spare_lock:
             self._spare.append(buffer)
         self._slots.release()
+        if error is None and self._on_checkpoint is not None:
+            self._maybe_checkpoint()
 
     def _take_spare(self) -> bytearray:
         with self._spare_lock:

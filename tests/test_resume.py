@@ -1,0 +1,349 @@
+"""A dropped upload continues where it stopped: interrupted, visible, resumed, whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sftp_gateway.catalog.repository import utcnow
+from sftp_gateway.gc import collect_garbage
+from tests.helpers import MIB, SSH_OPTIONS, free_port, make_pdf, make_user_key, sha256_file
+
+SIZE = 150 * MIB
+KILL_AFTER = 50 * MIB
+POLICY = {"uploads": {"max_file_size": "2GiB"}}
+
+
+def sftp_args(port: int, key: Path) -> list[str]:
+    return ["sftp", *SSH_OPTIONS, "-i", str(key), "-P", str(port), "-b", "-", "alice@127.0.0.1"]
+
+
+def start_put(port: int, key: Path, source: Path, name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        sftp_args(port, key),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(f"put {source} {name}\n")
+    proc.stdin.flush()
+    return proc
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def interrupted_row(running, key: str):  # type: ignore[no-untyped-def]
+    rows = running.catalog.uploads_for_key(running.bucket, key)
+    return rows[0] if rows and rows[0].status == "interrupted" else None
+
+
+def reput(running, source: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    running.sftp(f"reput {source} {name}\n")
+
+
+def test_killed_client_resumes_with_reput_and_the_object_is_whole(
+    gateway_factory, tmp_path: Path
+) -> None:
+    running = gateway_factory(POLICY)
+    source = make_pdf(tmp_path / "big.pdf", SIZE)
+    key = running.key_for("big.pdf")
+    proc = start_put(running.port, running.key_path, source, "big.pdf")
+    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > KILL_AFTER)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: interrupted_row(running, key) is not None)
+    partial = interrupted_row(running, key)
+    assert partial.size > 0 and partial.size % (5 * MIB) == 0
+    assert not running.object_exists(key)  # not visible in S3 while interrupted
+    listing = running.sftp("ls -l big.pdf\n").stdout
+    assert str(partial.size) in listing  # visible to clients at its resumable size
+
+    reput(running, source, "big.pdf")
+    assert running.object_sha256(key) == sha256_file(source)
+    [row] = running.catalog.uploads_for_key(running.bucket, key)
+    assert row.id == partial.id and row.status == "completed"
+    assert row.sha256 == sha256_file(source)
+    head = running.storage.client.head_object(Bucket=running.bucket, Key=key)
+    assert head["Metadata"]["sha256"] == row.sha256
+    assert running.open_multipart_uploads() == []
+    resent = SIZE - partial.size
+    print(f"resume re-sent {resent} of {SIZE} bytes (committed {partial.size})")
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback whose connections the test can cut at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        for sock in self._sockets:
+            try:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                sock.close()
+            except OSError:
+                pass
+        self._sockets.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self._server.close()
+
+
+def test_cut_connection_resumes(gateway_factory, tmp_path: Path) -> None:
+    running = gateway_factory(POLICY)
+    proxy = CuttableProxy(running.port)
+    try:
+        source = make_pdf(tmp_path / "big.pdf", SIZE)
+        key = running.key_for("big.pdf")
+        proc = start_put(proxy.port, running.key_path, source, "big.pdf")
+        wait_until(
+            lambda: max((w.size for w in running.gateway.active.all()), default=0) > KILL_AFTER
+        )
+        proxy.cut()
+        proc.wait(timeout=60)
+        wait_until(lambda: interrupted_row(running, key) is not None)
+        assert not running.object_exists(key)
+        reput(running, source, "big.pdf")
+        assert running.object_sha256(key) == sha256_file(source)
+        assert running.open_multipart_uploads() == []
+    finally:
+        proxy.close()
+
+
+def test_put_starts_over_after_an_interruption(gateway_factory, tmp_path: Path) -> None:
+    running = gateway_factory(POLICY)
+    source = make_pdf(tmp_path / "big.pdf", 40 * MIB)
+    key = running.key_for("big.pdf")
+    proc = start_put(running.port, running.key_path, source, "big.pdf")
+    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > 15 * MIB)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: interrupted_row(running, key) is not None)
+    running.sftp(f"put {source} big.pdf\n")  # TRUNC: a new upload, the old one aborted
+    assert running.object_sha256(key) == sha256_file(source)
+    statuses = sorted(r.status for r in running.catalog.uploads_for_key(running.bucket, key))
+    assert statuses == ["aborted", "completed"]
+    assert running.open_multipart_uploads() == []
+
+
+def test_resume_at_a_wrong_offset_says_the_resumable_size(gateway_factory, tmp_path: Path) -> None:
+    from tests.test_sftp_uploads import paramiko_sftp
+
+    running = gateway_factory(POLICY)
+    source = make_pdf(tmp_path / "big.pdf", 30 * MIB)
+    key = running.key_for("big.pdf")
+    proc = start_put(running.port, running.key_path, source, "big.pdf")
+    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > 15 * MIB)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: interrupted_row(running, key) is not None)
+    committed = interrupted_row(running, key).size
+    with paramiko_sftp(running) as sftp, sftp.open("big.pdf", "r+") as handle:
+        handle.seek(committed + 12345)
+        with pytest.raises(OSError, match=f"resumed at byte {committed}"):
+            handle.write(b"x" * 1000)
+            handle.flush()
+    # the refused write and the close leave the resumable upload as it was
+    assert interrupted_row(running, key).size == committed
+    assert not running.object_exists(key)
+
+
+def test_gc_aborts_expired_interrupted_uploads(gateway_factory, tmp_path: Path) -> None:
+    running = gateway_factory(POLICY)
+    source = make_pdf(tmp_path / "big.pdf", 30 * MIB)
+    key = running.key_for("big.pdf")
+    proc = start_put(running.port, running.key_path, source, "big.pdf")
+    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > 15 * MIB)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: interrupted_row(running, key) is not None)
+    assert running.open_multipart_uploads() != []
+    report = collect_garbage(
+        running.settings, running.catalog, running.storage, now=utcnow() + timedelta(days=2)
+    )
+    assert len(report.expired) == 1
+    assert running.open_multipart_uploads() == []
+    [row] = running.catalog.uploads_for_key(running.bucket, key)
+    assert row.status == "aborted"
+    with running.catalog.dispatch_batch(100) as (events, _):
+        assert [e.event_type for e in events if e.payload["key"] == key] == ["upload.failed"]
+
+
+def test_gc_aborts_orphan_multipart_uploads(gateway) -> None:
+    client = gateway.storage.client
+    orphan = client.create_multipart_upload(Bucket=gateway.bucket, Key="incoming/x/orphan.pdf")
+    report = collect_garbage(
+        gateway.settings, gateway.catalog, gateway.storage, now=utcnow() + timedelta(hours=2)
+    )
+    assert report.orphans == [orphan["UploadId"]]
+    assert gateway.open_multipart_uploads() == []
+
+
+def _serve(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sftp_gateway", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    def is_open() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(is_open, timeout)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_gateway_killed_mid_upload_recovers_and_resumes(
+    moto_endpoint: str, bucket_name: str, tmp_path: Path, catalog_url: str
+) -> None:
+    """kill -9 of the gateway process; restart; reput finishes the same upload."""
+    import yaml
+
+    from sftp_gateway.app import build_catalog
+    from sftp_gateway.config import load_settings
+    from sftp_gateway.storage.s3 import S3Storage
+
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"listen": f"127.0.0.1:{port}", "host_keys_dir": str(tmp_path / "hk")},
+                "storage": {
+                    "bucket": bucket_name,
+                    "prefix": "incoming",
+                    "endpoint_url": moto_endpoint,
+                    "part_size": "5MiB",
+                },
+                "catalog": {"url": catalog_url},
+                "uploads": {"max_file_size": "2GiB"},
+            }
+        )
+    )
+    settings = load_settings(config)
+    storage = S3Storage(settings.storage)
+    storage.client.create_bucket(Bucket=bucket_name)
+    key_path = make_user_key(tmp_path / "keys")
+    cli = [sys.executable, "-m", "sftp_gateway"]
+    subprocess.run(
+        [*cli, "users", "add", "alice", "--key", f"{key_path}.pub", "--config", str(config)],
+        check=True,
+        capture_output=True,
+    )
+    catalog = build_catalog(settings)
+    source = make_pdf(tmp_path / "big.pdf", SIZE)
+    key = "incoming/alice/big.pdf"
+    log = tmp_path / "gateway.log"
+
+    gateway = _serve(config, log)
+    try:
+        _wait_port(port)
+        client = start_put(port, key_path, source, "big.pdf")
+
+        def checkpointed() -> bool:
+            rows = catalog.uploads_for_key(bucket_name, key)
+            return bool(rows) and (rows[0].size or 0) >= 10 * MIB
+
+        wait_until(checkpointed)
+        gateway.send_signal(signal.SIGKILL)
+        gateway.wait()
+        client.kill()
+        client.wait()
+        assert storage.head(key) is None
+
+        gateway = _serve(config, log)
+        _wait_port(port)
+        wait_until(lambda: catalog.uploads_for_key(bucket_name, key)[0].status == "interrupted")
+        args = sftp_args(port, key_path)
+        subprocess.run(args, input=f"reput {source} big.pdf\n", text=True, check=True)
+        digest = storage.client.get_object(Bucket=bucket_name, Key=key)["Body"].read()
+        import hashlib
+
+        assert hashlib.sha256(digest).hexdigest() == sha256_file(source)
+        [row] = catalog.uploads_for_key(bucket_name, key)
+        assert row.status == "completed"
+        assert storage.client.list_multipart_uploads(Bucket=bucket_name).get("Uploads") is None
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=30)
+
+
+def test_resume_through_a_second_gateway_on_the_same_postgres(
+    gateway_factory, tmp_path: Path, postgres_url: str
+) -> None:
+    first = gateway_factory({**POLICY, "server": {"instance_id": "gw-a"}}, catalog_url=postgres_url)
+    source = make_pdf(tmp_path / "big.pdf", 40 * MIB)
+    key = first.key_for("big.pdf")
+    proc = start_put(first.port, first.key_path, source, "big.pdf")
+    wait_until(lambda: max((w.size for w in first.gateway.active.all()), default=0) > 15 * MIB)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: interrupted_row(first, key) is not None)
+
+    second = gateway_factory(
+        {**POLICY, "server": {"instance_id": "gw-b"}}, catalog_url=postgres_url, add_user=False
+    )
+    subprocess.run(
+        sftp_args(second.port, first.key_path),
+        input=f"reput {source} big.pdf\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    assert second.object_sha256(key) == sha256_file(source)
+    [row] = first.catalog.uploads_for_key(first.bucket, key)
+    assert row.status == "completed"
