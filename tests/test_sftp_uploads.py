@@ -69,8 +69,7 @@ def test_large_upload_streams_and_downloads_back(gateway_factory, tmp_path: Path
 def test_list_rename_remove_mkdir_rmdir(gateway, tmp_path: Path) -> None:
     source = make_pdf(tmp_path / "a.pdf", 1000)
     out = gateway.sftp(
-        f"mkdir docs\nput {source} docs/a.pdf\nls -l docs\nrename docs/a.pdf docs/b.pdf\n"
-        "ls docs\n"
+        f"mkdir docs\nput {source} docs/a.pdf\nls -l docs\nrename docs/a.pdf docs/b.pdf\nls docs\n"
     ).stdout
     assert "a.pdf" in out and "1000" in out
     assert gateway.object_exists(gateway.key_for("docs/b.pdf"))
@@ -188,9 +187,7 @@ def test_many_concurrent_sessions(gateway, tmp_path: Path) -> None:
     sources = [make_pdf(tmp_path / f"f{i}.pdf", 64 * 1024 + i) for i in range(8)]
     args = ["sftp", *SSH_OPTIONS, "-i", str(gateway.key_path), "-P", str(gateway.port)]
     procs = [
-        subprocess.Popen(
-            [*args, "-b", "-", "alice@127.0.0.1"], stdin=subprocess.PIPE, text=True
-        )
+        subprocess.Popen([*args, "-b", "-", "alice@127.0.0.1"], stdin=subprocess.PIPE, text=True)
         for _ in sources
     ]
     for proc, src in zip(procs, sources, strict=True):
