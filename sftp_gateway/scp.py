@@ -26,7 +26,7 @@ import paramiko
 
 from sftp_gateway.errors import GatewayError, NotFound
 from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
-from sftp_gateway.transfer import Upload
+from sftp_gateway.transfer import FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class ScpSession:
         else:
             self.ok()
 
-    def _receive(self, upload: Upload, size: int) -> str | None:
+    def _receive(self, upload: FileWriter, size: int) -> str | None:
         """Feed the bytes to the upload as they come; after a refusal, drain the rest
         so the protocol stays in step (as OpenSSH's sink does)."""
         failure: str | None = None
