@@ -128,7 +128,7 @@ class UserFilesystem:
         for partial in self._partials_in(prefix, listed=set(keys)):
             seen_any = True
             yield partial
-        if not seen_any and self.storage.head(self.jail.key(virtual)) is None:
+        if not seen_any and self.storage.head(prefix) is None:  # no 'dir/' marker either
             raise NotFound(f"no such directory: {virtual}")
 
     def _partials_in(self, prefix: str, listed: set[str]) -> Iterator[FileStat]:
@@ -228,7 +228,20 @@ class UserFilesystem:
             )
         if partial is not None:
             self._drop_partial(partial, "replaced by a new upload of the same file")
-        return self._upload(path, key, expected_size)
+        upload = self._upload(path, key, expected_size)
+        if first_offset is None and self.storage.head(key) is not None:
+            self._copy_existing_into(upload, key)
+        return upload
+
+    def _copy_existing_into(self, upload: Upload, key: str) -> None:
+        """APPEND to a complete object: S3 cannot append, so the new object starts with
+        the old bytes (read back once), then the client's; the SHA-256 covers both."""
+        body = self.storage.open_read(key, 0)
+        try:
+            while chunk := body.read(1 << 20):
+                upload.write(chunk)
+        finally:
+            body.close()
 
     def _upload(
         self, path: str, key: str, expected_size: int | None, resume: UploadRecord | None = None

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 
@@ -125,4 +126,8 @@ class GatewaySFTPServer(paramiko.SFTPServer):
                     handle.writer.abandon()
                 except Exception:
                     log.exception("abandoning an upload failed")
+        # OpenSSH's scp (SFTP mode) reports failure when the channel ends without one.
+        with contextlib.suppress(Exception):
+            if not self.sock.closed:
+                self.sock.send_exit_status(0)
         super().finish_subsystem()
