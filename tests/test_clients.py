@@ -5,8 +5,8 @@ PuTTY's psftp/pscp, rclone) or library (paramiko), then checks what landed: the 
 SHA-256, its metadata and a completed catalog row. Clients that are not installed are
 skipped (scripts/install-test-deps installs them). docs/clients.md is the resulting matrix.
 
-Tests marked xfail wait for core SFTP behaviours of issue 4 (or for a reported core bug);
-each reason says which. Remove the mark when the behaviour lands.
+A failure here quotes the client's own output: that is the support ticket a user would
+file, so keep it in the report when a test fails.
 """
 
 from __future__ import annotations
@@ -30,20 +30,6 @@ from tests.test_scp import assert_landed
 SIZE = 20 * MIB
 MTIME = 1_600_000_000
 TIMEOUT = 180
-
-EMPTY_DIR_BUG = (
-    "core bug: listing an empty directory (only its mkdir marker) answers NO_SUCH_FILE "
-    "(UserFilesystem.list_dir checks head(key) instead of the 'dir/' marker)"
-)
-NO_EXIT_STATUS = (
-    "core bug: the sftp subsystem channel closes without an exit-status, so OpenSSH "
-    "scp in SFTP mode exits 1 ('Exit status -1') although every file landed"
-)
-APPEND = (
-    "lead's core work: OPEN with APPEND must continue the object (offsets ignored); today "
-    "the appended bytes start a new object and are refused as 'not a PDF'"
-)
-
 
 # -- shared sources and helpers --------------------------------------------------------------
 
@@ -134,17 +120,9 @@ def ssh_args(running: RunningGateway) -> list[str]:
 
 
 def scp_sftp(running: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
-    """scp in its default SFTP mode. Its exit status is checked in its own test
-    (NO_EXIT_STATUS), so the content checks here stay meaningful meanwhile."""
+    """scp in its default SFTP mode; exit status 0 needs the server's exit-status."""
     need("scp")
-    cmd = ["scp", *ssh_args(running), "-P", str(running.port), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-@pytest.mark.xfail(reason=NO_EXIT_STATUS, strict=False)
-def test_scp_sftp_mode_exits_zero(gateway, sources) -> None:
-    result = scp_sftp(gateway, str(sources["empty"]), "alice@127.0.0.1:status.pdf")
-    assert result.returncode == 0, result.stderr
+    return run(["scp", *ssh_args(running), "-P", str(running.port), *args])
 
 
 def test_scp_sftp_mode_uploads_pdf_and_empty_file(gateway, sources) -> None:
@@ -207,7 +185,6 @@ def test_lftp_download(gateway, sources, tmp_path) -> None:
     assert sha256_file(tmp_path / "back.pdf") == sha256_file(sources["big"])
 
 
-@pytest.mark.xfail(reason=EMPTY_DIR_BUG, strict=False)
 def test_lftp_mirror_reverse_uploads_a_tree(gateway, sources, tmp_path) -> None:
     tree = tmp_path / "local"
     big = copy_as(sources["big"], tree, "a.pdf")
@@ -249,7 +226,6 @@ def test_curl_download(gateway, sources, tmp_path) -> None:
     assert sha256_file(tmp_path / "back.pdf") == sha256_file(sources["big"])
 
 
-@pytest.mark.xfail(reason=APPEND, strict=False)
 def test_curl_append_continues_the_file(gateway, tmp_path) -> None:
     first = make_pdf(tmp_path / "first.pdf", 6 * MIB)
     second = tmp_path / "second.bin"
@@ -394,6 +370,8 @@ def test_rclone_copy_then_setstat_and_stat(gateway, sources, tmp_path) -> None:
     assert lines["r.pdf"][0] == str(SIZE) and lines["r-empty.pdf"][0] == "0"
     assert lines["r.pdf"][1] == "2020-09-13"  # MTIME, kept by SETSTAT and returned by STAT
     assert remote_mtime(gateway, "rc/r.pdf") == MTIME
+    rclone(gateway, "copy", "gw:rc/r.pdf", str(tmp_path / "back"))
+    assert sha256_file(tmp_path / "back" / "r.pdf") == sha256_file(sources["big"])
 
 
 def test_rclone_hash_probes_are_refused_and_the_copy_goes_on(gateway, tmp_path) -> None:
@@ -427,7 +405,6 @@ def test_paramiko_get(gateway, sources, tmp_path) -> None:
     assert sha256_file(tmp_path / "back.pdf") == sha256_file(sources["big"])
 
 
-@pytest.mark.xfail(reason=APPEND, strict=False)
 def test_paramiko_append_mode_continues_the_file(gateway, tmp_path) -> None:
     first = make_pdf(tmp_path / "first.pdf", 6 * MIB)
     tail = os.urandom(2 * MIB)
