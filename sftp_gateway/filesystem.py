@@ -96,12 +96,11 @@ class UserFilesystem:
         partial = self.catalog.interrupted_upload(self.storage.bucket, key)
         if partial is not None:  # resumable: clients resume from this size
             return FileStat(name, False, partial.size, partial.mtime or _epoch(partial.started_at))
-        info = self.storage.head(key)
-        if info is not None:
-            return FileStat(
-                name, False, info.size, self._mtimes([key]).get(key) or _epoch(info.modified)
-            )
-        if self.storage.has_prefix(key + "/"):
+        probe = self.storage.probe(key)
+        if probe.file is not None:
+            mtime = self._mtimes([key]).get(key) or _epoch(probe.file.modified)
+            return FileStat(name, False, probe.file.size, mtime)
+        if probe.is_dir:
             return FileStat(name, True)
         raise NotFound(f"no such file or directory: {virtual}")
 
@@ -180,17 +179,25 @@ class UserFilesystem:
         final = self.final_name(virtual)
         check_name_allowed(final, self.settings.uploads.allowed_extensions)
         final_key = self.jail.key(final)
-        if self.storage.has_prefix(visible_key + "/"):
+        probe = self.storage.probe(visible_key)
+        if probe.is_dir:
             raise InvalidRequest(f"{virtual} is a directory")
-        exists = self.storage.head(visible_key) is not None
+        exists = probe.file is not None
         if exists and exclusive:
             raise AlreadyExists(f"{virtual} already exists")
         if exists or (final_key != visible_key and self.storage.head(final_key) is not None):
             self.require("overwrite")
+        partial = self.catalog.interrupted_upload(self.storage.bucket, final_key)
 
         def opener(first_offset: int | None) -> Upload:
             return self._start_or_resume(
-                final, final_key, first_offset, truncate=truncate, expected_size=expected_size
+                final,
+                final_key,
+                first_offset,
+                partial,
+                truncate=truncate,
+                expected_size=expected_size,
+                exists=exists,
             )
 
         return FileWriter(
@@ -202,8 +209,7 @@ class UserFilesystem:
             truncate=truncate,
             append=append,
             temporary=final_key != visible_key,
-            existed=exists
-            or self.catalog.interrupted_upload(self.storage.bucket, final_key) is not None,
+            existed=exists or partial is not None,
         )
 
     def _start_or_resume(
@@ -211,14 +217,15 @@ class UserFilesystem:
         path: str,
         key: str,
         first_offset: int | None,
+        partial: UploadRecord | None,
         *,
         truncate: bool,
         expected_size: int | None,
+        exists: bool,
     ) -> Upload:
         """Offset 0 or TRUNC: a new object (an interrupted one is dropped). The committed
         size of an interrupted upload (or APPEND): resume it. Anything else: a new file
         whose first bytes arrived out of order, unless a resumable upload exists."""
-        partial = self.catalog.interrupted_upload(self.storage.bucket, key)
         fresh = first_offset == 0 or truncate
         if partial is not None and not fresh:
             if first_offset is None or first_offset == partial.size:
@@ -229,7 +236,7 @@ class UserFilesystem:
         if partial is not None:
             self._drop_partial(partial, "replaced by a new upload of the same file")
         upload = self._upload(path, key, expected_size)
-        if first_offset is None and self.storage.head(key) is not None:
+        if first_offset is None and exists:
             self._copy_existing_into(upload, key)
         return upload
 

@@ -28,6 +28,18 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What a name is: a file (with its info), a directory (a prefix), both, or nothing."""
+
+    file: ObjectInfo | None
+    is_dir: bool
+
+    @property
+    def exists(self) -> bool:
+        return self.file is not None or self.is_dir
+
+
+@dataclass(frozen=True)
 class Part:
     number: int
     etag: str
@@ -40,6 +52,7 @@ class Storage(Protocol):
 
     def head(self, key: str) -> ObjectInfo | None: ...
     def has_prefix(self, prefix: str) -> bool: ...
+    def probe(self, key: str) -> Probe: ...
     def list_dir(self, prefix: str) -> Iterator[Entry]: ...
     def put(
         self, key: str, body: bytes | bytearray, metadata: dict[str, str], content_type: str

@@ -17,11 +17,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sftp_gateway.config import StorageConfig
 from sftp_gateway.errors import NotFound, StorageError
-from sftp_gateway.storage.base import Entry, ObjectInfo, Part
+from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SINGLE_COPY_LIMIT = 5 * 1024**3
+PROBE_KEYS = 50
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 
 
@@ -93,6 +94,29 @@ class S3Storage:
     def has_prefix(self, prefix: str) -> bool:
         resp = self._call("list", self.client.list_objects_v2, Prefix=prefix, MaxKeys=1)
         return resp.get("KeyCount", 0) > 0
+
+    def probe(self, key: str) -> Probe:
+        """File, directory or nothing, in one ListObjectsV2 instead of HEAD + LIST.
+
+        Keys starting with `key` come back sorted, so `key` itself and the `key/`
+        prefix are among the first few unless many siblings like `key-1` sort before
+        them; then it falls back to HEAD and a prefix check.
+        """
+        resp = self._call(
+            "stat", self.client.list_objects_v2, Prefix=key, Delimiter="/", MaxKeys=PROBE_KEYS
+        )
+        file = next(
+            (
+                ObjectInfo(key, obj["Size"], obj.get("LastModified"))
+                for obj in resp.get("Contents", [])
+                if obj["Key"] == key
+            ),
+            None,
+        )
+        is_dir = any(p["Prefix"] == key + "/" for p in resp.get("CommonPrefixes", []))
+        if resp.get("IsTruncated") and not (file and is_dir):
+            return Probe(self.head(key), self.has_prefix(key + "/"))
+        return Probe(file, is_dir)
 
     def list_dir(self, prefix: str) -> Iterator[Entry]:
         """Files and sub-directories directly under `prefix`, every page of them."""

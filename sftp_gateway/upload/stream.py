@@ -75,7 +75,11 @@ class UploadStream:
         self.content_type = content_type
         self._on_created = on_multipart_created
         self._max_concurrency = max_concurrency
-        self._buffer = bytearray(self.part_size)
+        # Small files never allocate a part buffer: their writes are kept as they came
+        # (bytes, no copy) until they reach one part, which most PDFs never do.
+        self._small: list[bytes] = []
+        self._small_size = 0
+        self._buffer: bytearray | None = bytearray(self.part_size) if resume else None
         self._fill = 0
         self._spare: list[bytearray] = []
         self._spare_lock = threading.Lock()
@@ -111,6 +115,13 @@ class UploadStream:
     def write(self, data: bytes | memoryview) -> None:
         """Append bytes; blocks while all send slots are busy (backpressure)."""
         self._raise_if_failed()
+        if self._buffer is None:
+            if self._small_size + len(data) < self.part_size:
+                self._small.append(bytes(data))
+                self._small_size += len(data)
+                self._size += len(data)
+                return
+            self._start_part_buffer()
         view = memoryview(data)
         while view:
             room = self.part_size - self._fill
@@ -135,7 +146,7 @@ class UploadStream:
         """Make the object visible, with its SHA-256 in its metadata. Call after seal()."""
         try:
             if self._upload_id is None:
-                body = bytes(memoryview(self._buffer)[: self._fill])
+                body = b"".join(self._small)
                 self._hasher.update(body)
                 digest = self._hasher.finalize()
                 self.storage.put(self.key, body, self._final_metadata(digest), self.content_type)
@@ -216,6 +227,14 @@ class UploadStream:
     def _final_metadata(self, sha256: str) -> dict[str, str]:
         return {**self.metadata, "sha256": sha256}
 
+    def _start_part_buffer(self) -> None:
+        """The file outgrew the small-file path: move its first bytes into a part buffer."""
+        self._buffer = self._take_spare()
+        for chunk in self._small:
+            self._buffer[self._fill : self._fill + len(chunk)] = chunk
+            self._fill += len(chunk)
+        self._small, self._small_size = [], 0
+
     def _seal_part(self) -> None:
         """Hand the full buffer to the senders and take a fresh one to fill."""
         if self._upload_id is None:
@@ -233,6 +252,7 @@ class UploadStream:
             self._slots.release()
             self._raise_if_failed()
         buffer, length = self._buffer, self._fill
+        assert buffer is not None
         self._buffer, self._fill = self._take_spare(), 0
         assert self._hashing is not None and self._senders is not None
         body = buffer if length == len(buffer) else bytes(memoryview(buffer)[:length])
