@@ -14,6 +14,7 @@ exit status 1 (rclone probes with `md5sum` and `echo`; there is no shell here).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import posixpath
 import shlex
@@ -41,6 +42,7 @@ REPLY_GRACE_SECONDS = 0.05
 FILE_MODE_TEXT = "0644"
 DIR_MODE_TEXT = "0755"
 CHANNEL_ERRORS = (OSError, EOFError, paramiko.SSHException)
+GLOB_CHARS = set("*?[")
 
 
 class ServerLike(Protocol):
@@ -395,13 +397,32 @@ class ScpSession:
         """Send each path (recursively with -r), after the client's first `\\0`."""
         if not self.response():
             return
-        for path in paths:
+        for pattern in paths:
             try:
-                entry = self.fs.stat(path)
+                matches = self._expand(pattern)
             except GatewayError as exc:
-                self.warn(_about(path, exc))
+                self.warn(_about(pattern, exc))
                 continue
-            self._send_entry(path, entry)
+            for path, entry in matches:
+                self._send_entry(path, entry)
+
+    def _expand(self, pattern: str) -> list[tuple[str, FileStat]]:
+        """What a remote shell would glob (`scp host:'*.pdf' .`), in the last segment
+        only; a name that exists as written is taken as it is."""
+        try:
+            return [(pattern, self.fs.stat(pattern))]
+        except NotFound:
+            if not GLOB_CHARS & set(posixpath.basename(pattern)):
+                raise
+        parent, name = posixpath.split(pattern)
+        found = [
+            (posixpath.join(parent, entry.name), entry)
+            for entry in self.fs.list_dir(parent or ".")
+            if fnmatch.fnmatchcase(entry.name, name)
+        ]
+        if not found:
+            raise NotFound(f"no match for {pattern}")
+        return sorted(found, key=lambda item: item[0])
 
     def _send_entry(self, path: str, entry: FileStat) -> None:
         if entry.is_dir:

@@ -166,6 +166,24 @@ def test_scp_legacy_refused_file_is_reported_and_the_rest_goes_on(gateway, tmp_p
     assert row.status == "failed"
 
 
+def test_scp_legacy_downloads_what_a_remote_glob_matches(gateway, tmp_path: Path) -> None:
+    """OpenSSH leaves `host:*.pdf` for the remote shell to expand; the gateway does it."""
+    up = tmp_path / "up"
+    up.mkdir()
+    sources = [make_pdf(up / name, 1000 + i) for i, name in enumerate(["a.pdf", "b.pdf"])]
+    scp(gateway, *map(str, sources), remote())
+    gateway.sftp("mkdir sub\n")
+
+    back = tmp_path / "back"
+    back.mkdir()
+    scp(gateway, remote("*.pdf"), str(back))
+
+    assert sorted(p.name for p in back.iterdir()) == ["a.pdf", "b.pdf"]
+    assert all(sha256_file(back / s.name) == sha256_file(s) for s in sources)
+    missing = scp(gateway, remote("*.txt"), str(back), check=False)
+    assert missing.returncode == 1 and "no match for *.txt" in missing.stderr
+
+
 def test_scp_legacy_download_of_a_missing_file_says_so(gateway, tmp_path: Path) -> None:
     result = scp(gateway, remote("nope.pdf"), str(tmp_path / "x.pdf"), check=False)
     assert result.returncode == 1
