@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -452,3 +453,65 @@ def test_out_of_order_writes_far_ahead_of_the_stream(gateway, sources) -> None:
         write_in_order(sftp, "far.pdf", blocks[-tail:] + blocks[:-tail])
     assert_landed(gateway, "far.pdf", sources["big"])
     assert gateway.open_multipart_uploads() == []
+
+
+# -- resuming an interrupted upload (WinSCP's and psftp's `reput`) ---------------------------
+
+FSTAT_RESUME = (
+    "core (resume): FSTAT on a handle opened without TRUNC over an interrupted upload says "
+    "size 0 while STAT says the committed size, so psftp `reput` restarts at 0 (the object "
+    "is still right, only nothing is resumed)"
+)
+
+
+def interrupt_upload(running: RunningGateway, source: Path, path: str, sent: int) -> int:
+    """Send the first `sent` bytes (each WRITE acknowledged), then drop the connection
+    without a CLOSE; returns the size the gateway kept for a resume."""
+    data = source.read_bytes()[:sent]
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=running.port,
+        username="alice",
+        key_filename=str(running.key_path),
+        look_for_keys=False,
+        allow_agent=False,
+    )
+    handle = client.open_sftp().open(path, "wb", bufsize=0)
+    handle.set_pipelined(False)
+    for offset in range(0, len(data), 32 * 1024):
+        handle.write(data[offset : offset + 32 * 1024])
+    transport = client.get_transport()
+    assert transport is not None and transport.sock is not None
+    transport.sock.close()  # the network dies: no CLOSE, no channel close
+    key = running.key_for(path)
+    for _ in range(300):
+        rows = running.catalog.uploads_for_key(running.bucket, key)
+        if rows and rows[0].status == "interrupted":
+            return rows[0].size
+        time.sleep(0.1)
+    raise AssertionError(f"upload of {path} was not kept for a resume: {rows}")
+
+
+def test_stat_based_resume_continues_an_interrupted_upload(gateway, sources) -> None:
+    """WinSCP's resume: STAT the partial file, reopen it without TRUNC, write from there."""
+    kept = interrupt_upload(gateway, sources["big"], "resumed.pdf", 12 * MIB)
+    assert 0 < kept <= 12 * MIB
+    data = sources["big"].read_bytes()
+    with sftp_client(gateway) as sftp:
+        size = sftp.stat("resumed.pdf").st_size
+        assert size == kept
+        with sftp.open("resumed.pdf", "r+", bufsize=0) as handle:
+            handle.seek(size)
+            handle.write(data[size:])
+    assert_landed(gateway, "resumed.pdf", sources["big"])
+    assert gateway.open_multipart_uploads() == []
+
+
+@pytest.mark.xfail(reason=FSTAT_RESUME, strict=False)
+def test_psftp_reput_resumes_an_interrupted_upload(gateway, sources, tmp_path) -> None:
+    kept = interrupt_upload(gateway, sources["big"], "reput.pdf", 12 * MIB)
+    result = psftp(gateway, f'reput "{sources["big"]}" reput.pdf\n', tmp_path)
+    assert_landed(gateway, "reput.pdf", sources["big"])
+    assert f"restarting at file position {kept}" in result.stdout
