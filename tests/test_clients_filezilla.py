@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.helpers import RunningGateway, make_pdf
+from tests.helpers import RunningGateway, make_pdf, sha256_file
 from tests.test_clients import MTIME, SIZE, putty_key, remote_mtime
 from tests.test_scp import assert_landed
 
@@ -36,7 +36,7 @@ BUFFER = 256 * 1024
 TIMEOUT = 120
 PROTOCOL = b"fzSftp started, protocol_version=11"
 REPLY, DONE, ERROR, LISTENTRY, ASK_HOSTKEY, ASK_CHANGED, ASK_BETTERALG = 0, 1, 2, 8, 9, 10, 11
-IO_SIZE, IO_OPEN, IO_NEXTBUF = 26, 27, 28
+IO_SIZE, IO_OPEN, IO_NEXTBUF, IO_FINALIZE = 26, 27, 28, 29
 
 
 def quote(name: str) -> str:
@@ -54,7 +54,8 @@ class FzSftp:
         self.done: queue.Queue[tuple[bool, list[str]]] = queue.Queue()
         self._errors: list[str] = []
         self._pending = True  # the banner, a Reply, answers our start
-        self._source: BinaryIO | None = None
+        self._source: BinaryIO | None = None  # the local file of an upload
+        self._sink: BinaryIO | None = None  # the local file of a download
         self._write_lock = threading.Lock()
         self.process = subprocess.Popen(
             ["fzsftp", "-v"],
@@ -92,6 +93,14 @@ class FzSftp:
         self._source = None
         if mtime is not None:
             self.command(f"chmtime {mtime} {quote(remote)}")
+
+    def download(self, remote: str, target: Path) -> None:
+        """FileZilla's download: cd, ls, get (fzsftp fills the shared memory, we write)."""
+        self.command('cd "/"')
+        self.command("ls")
+        with open(target, "wb") as self._sink:
+            self.command(f"get {quote(remote)} {quote(str(target))}")
+        self._sink = None
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -145,10 +154,18 @@ class FzSftp:
         elif kind in (ASK_HOSTKEY, ASK_CHANGED, ASK_BETTERALG):
             self._read_line(stdout)  # the port, on a raw line
             self._send("n")  # trust once, store nothing
+        elif kind == IO_OPEN and self._sink is not None:
+            self._send(f"-{self.memfd} {BUFFER} 0")
         elif kind == IO_OPEN:
             self._open_source(int(text or 0))
+        elif kind == IO_NEXTBUF and self._sink is not None:
+            self._take_written(int(text or 0))
+            self._send(f"-0 {BUFFER}")
         elif kind == IO_NEXTBUF:
             self._next_buffer()
+        elif kind == IO_FINALIZE:
+            self._take_written(int(text or 0))
+            self._send("-1")
         elif kind == IO_SIZE:
             self._send(f"-{self._source_size()}" if self._source else "--1")
 
@@ -169,6 +186,11 @@ class FzSftp:
             return
         os.pwrite(self.memfd, data, 0)
         self._send(f"-0 {len(data)}")
+
+    def _take_written(self, length: int) -> None:
+        """fzsftp wrote `length` bytes of the download at the start of the buffer."""
+        if self._sink is not None and length > 0:
+            self._sink.write(os.pread(self.memfd, length, 0))
 
     def _source_size(self) -> int:
         assert self._source is not None
@@ -216,3 +238,9 @@ def test_filezilla_overwrites_an_existing_file(gateway, filezilla, sources, tmp_
     assert_landed(gateway, "again.pdf", smaller)
     rows = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("again.pdf"))
     assert [r.status for r in rows] == ["completed", "completed"]
+
+
+def test_filezilla_downloads(gateway, filezilla, sources, tmp_path) -> None:
+    gateway.sftp(f"put {sources['big']} down.pdf\n")
+    filezilla.download("down.pdf", tmp_path / "back.pdf")
+    assert sha256_file(tmp_path / "back.pdf") == sha256_file(sources["big"])
