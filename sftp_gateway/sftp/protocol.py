@@ -29,6 +29,7 @@ from paramiko.sftp import (
 
 from sftp_gateway.sftp.errors import status_for
 from sftp_gateway.sftp.handler import GatewaySFTPInterface, UploadHandle
+from sftp_gateway.sftp.pipe import use_chunk_buffer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ EXTENSIONS = (
 
 class GatewaySFTPServer(paramiko.SFTPServer):
     server: GatewaySFTPInterface
+
+    def start_subsystem(self, name: str, transport: paramiko.Transport, channel) -> None:  # type: ignore[no-untyped-def]
+        use_chunk_buffer(channel)  # paramiko's buffer costs O(buffered) per read
+        super().start_subsystem(name, transport, channel)
 
     def _send_server_version(self) -> int:
         kind, data = self._read_packet()
