@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -65,7 +66,9 @@ NATIVE_KINDS: list[tuple[str, tuple[str, ...]]] = [
 
 
 def frame_key(frame: dict[str, Any]) -> str:
-    return f"{frame.get('file') or ''}:{frame.get('name', '')}"
+    """`file:function` plus `@line` for Python frames (tells decrypt from MAC lines)."""
+    line = f"@{frame['line']}" if frame.get("line") else ""
+    return f"{frame.get('file') or ''}:{frame.get('name', '')}{line}"
 
 
 def is_python(key: str) -> bool:
@@ -78,7 +81,7 @@ def owner_of(stack: list[str], thread: str) -> str:
         if not is_python(key):
             continue
         for category, needle in OWNERS:
-            if needle in key:
+            if needle in key.partition("@")[0]:
                 return category
     return THREAD_OWNERS.get(thread, "other Python")
 
@@ -86,7 +89,7 @@ def owner_of(stack: list[str], thread: str) -> str:
 def native_kind(stack: list[str]) -> str:
     if not stack or is_python(stack[-1]):
         return "Python frame (no native leaf)"
-    leaf = stack[-1].rpartition(":")[2]
+    leaf = stack[-1].rpartition(":")[2].partition("@")[0]
     for kind, needles in NATIVE_KINDS:
         if any(n in leaf for n in needles):
             return kind
@@ -95,6 +98,8 @@ def native_kind(stack: list[str]) -> str:
 
 def short(key: str) -> str:
     path, _, name = key.rpartition(":")
+    name, _, line = name.partition("@")
+    name = f"{name}:{line}" if line else name
     for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
         if marker in path:
             path = path.split(marker, 1)[1]
@@ -136,9 +141,61 @@ def summarise(path: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+class ThreadCPU(threading.Thread):
+    """utime+stime of every thread of a process, read from /proc/PID/task every 0.2 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.first = self._read()
+        self.last = dict(self.first)
+        self._stop_event = threading.Event()
+
+    def _read(self) -> dict[int, float]:
+        out = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / bench.CLK_TCK
+        return out
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.2):
+            self.last.update(self._read())
+
+    def stop(self) -> dict[int, float]:
+        self._stop_event.set()
+        self.join()
+        self.last.update(self._read())
+        return {tid: cpu - self.first.get(tid, 0.0) for tid, cpu in self.last.items()}
+
+
+def thread_names(profile_path: Path) -> dict[int, str]:
+    """py-spy names profiles 'Thread TID "name"'."""
+    names = {}
+    for profile in json.loads(profile_path.read_text())["profiles"]:
+        parts = profile["name"].split(" ", 2)
+        if len(parts) >= 2 and parts[1].isdigit():
+            names[int(parts[1])] = _thread_name(profile) or "?"
+    return names
+
+
+def cpu_by_thread(deltas: dict[int, float], names: dict[int, str]) -> dict[str, float]:
+    out: Counter[str] = Counter()
+    for tid, cpu in deltas.items():
+        out[names.get(tid, "unnamed (not sampled)")] += cpu
+    return dict(out.most_common())
+
+
 def print_summary(summary: dict[str, Any], cpu: float | None = None) -> None:
     extra = f", gateway CPU {cpu:.2f} s" if cpu is not None else ""
     print(f"\nsampled {summary['samples_seconds']:.2f} thread-seconds{extra}")
+    if summary.get("thread_cpu_seconds"):
+        print("\nCPU seconds by thread (/proc/PID/task):")
+        for name, seconds in summary["thread_cpu_seconds"].items():
+            print(f"  {seconds:6.2f}  {name}")
     for title in ("owners", "native", "threads", "owner_x_native", "top_python"):
         print(f"\n{title}:")
         for name, share in list(summary[title].items())[:15]:
@@ -165,7 +222,7 @@ def record(args: argparse.Namespace) -> int:
         )
         launcher.prepare()
         gw = launcher.restart()
-        src = bench.make_pdf(work / "src.pdf", bench.parse_size(args.size))
+        commands, what = upload_commands(args, work)
         bench.run_sftp(gw.port, bench.BENCH_USER, key, "ls\n", args.ssh_opt)
         out = args.output.with_suffix(".json")
         spy = [
@@ -178,16 +235,18 @@ def record(args: argparse.Namespace) -> int:
             spy.append("--gil")
         profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
+        threads = ThreadCPU(gw.pid)
+        threads.start()
         cpu0 = gw.cpu()
-        wall, _ = bench.run_sftp(
-            gw.port, bench.BENCH_USER, key, f"put {src} /profiled.pdf\n", args.ssh_opt
-        )
+        wall, _ = bench.run_sftp(gw.port, bench.BENCH_USER, key, commands, args.ssh_opt)
         cpu = gw.cpu() - cpu0
+        deltas = threads.stop()
         profiler.send_signal(signal.SIGINT)
         profiler.wait(timeout=60)
-        print(f"upload of {args.size}: {wall:.2f} s wall, gateway {cpu:.2f} CPU-s")
+        print(f"upload of {what}: {wall:.2f} s wall, gateway {cpu:.2f} CPU-s")
         summary = summarise(out)
-        summary.update({"wall": wall, "gateway_cpu": cpu, "size": args.size})
+        summary.update({"wall": wall, "gateway_cpu": cpu, "what": what})
+        summary["thread_cpu_seconds"] = cpu_by_thread(deltas, thread_names(out))
         summary["overrides"] = args.overrides
         out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary, cpu)
@@ -198,9 +257,24 @@ def record(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def upload_commands(args: argparse.Namespace, work: Path) -> tuple[str, str]:
+    """One big file, or --small N files of --small-size in one session."""
+    if not args.small:
+        src = bench.make_pdf(work / "src.pdf", bench.parse_size(args.size))
+        return f"put {src} /profiled.pdf\n", args.size
+    size = bench.parse_size(args.small_size)
+    lines = ["mkdir /small"]
+    for i in range(args.small):
+        src = bench.make_pdf(work / f"s{i:04d}.pdf", size)
+        lines.append(f"put {src} /small/{src.name}")
+    return "\n".join(lines) + "\n", f"{args.small} x {args.small_size}"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="512MiB")
+    parser.add_argument("--small", type=int, default=0, help="N small files instead")
+    parser.add_argument("--small-size", default="100KB")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames")
     parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL")

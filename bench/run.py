@@ -379,6 +379,7 @@ class GatewayLauncher:
     client_pub: Path
     children: Children
     source: Path | None = None
+    extra_env: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
     current: GatewayProc | None = None
     config_path: Path | None = None
@@ -392,6 +393,9 @@ class GatewayLauncher:
         }
         if self.source is not None:  # a snapshot of the code wins over the editable install
             self.env["PYTHONPATH"] = str(self.source)
+        for item in self.extra_env:  # e.g. MALLOC_ARENA_MAX=2
+            name, _, value = item.partition("=")
+            self.env[name] = value
         self.config_path = self.work / "gateway.yaml"
         self.write_config(free_port())
         subprocess.run(
@@ -894,6 +898,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="gateway config override, e.g. server.window_size=16MiB (repeatable)",
     )
     parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the gateway process, e.g. MALLOC_ARENA_MAX=2 (repeatable)",
+    )
+    parser.add_argument(
         "--ssh-opt",
         action="append",
         default=[],
@@ -958,7 +969,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bucket = children.seaweed.create_bucket("sftpgw-bench")
         sshd = start_sshd(work, pub, children) if "openssh" in args.phases else None
         launcher = GatewayLauncher(
-            work, children.seaweed.endpoint, bucket, args.overrides, pub, children, source
+            work,
+            children.seaweed.endpoint,
+            bucket,
+            args.overrides,
+            pub,
+            children,
+            source,
+            args.gateway_env,
         )
         launcher.prepare()
         bench = Bench(args, work, children, children.seaweed, bucket, key, sshd, launcher)
@@ -1032,6 +1050,7 @@ def metadata(args: argparse.Namespace, gw: GatewayProc, sshd: Sshd | None, key: 
         "runs": args.runs,
         "sizes": [label_of(s) for s in args.size_list],
         "overrides": args.overrides,
+        "gateway_env": args.gateway_env,
         "ssh_opts": args.ssh_opt,
         "host": platform.node(),
         "cpus": os.cpu_count(),
