@@ -125,7 +125,8 @@ def handle_exec(server: ServerLike, channel: paramiko.Channel, command: bytes) -
 def _refuse(channel: paramiko.Channel, command: bytes) -> None:
     """Say why on stderr, exit 1: this server runs no commands but scp."""
     time.sleep(REPLY_GRACE_SECONDS)
-    shown = command.decode("utf-8", "replace").split(" ", 1)[0][:80]
+    name = command.decode("utf-8", "replace").split(" ", 1)[0][:80]
+    shown = "".join(ch if ch.isprintable() else "?" for ch in name)  # no terminal escapes
     message = (
         f"sftp-gateway: command '{shown}' is not available; this server offers only SFTP and scp\n"
     )

@@ -6,10 +6,12 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
 
+from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.scp import parse_command
 from tests.helpers import MIB, SSH_OPTIONS, RunningGateway, make_pdf, sha256_file
 
@@ -214,20 +216,57 @@ def test_other_exec_commands_are_refused_with_a_message(gateway, command: str) -
     assert result.stdout == ""
 
 
-def test_client_dying_mid_file_abandons_the_upload(gateway) -> None:
-    """A short read (the client vanished) must never complete the object."""
+def test_the_c_line_size_is_passed_as_the_expected_size(gateway, tmp_path, monkeypatch) -> None:
+    """The sink knows the size before the first byte: the pipeline picks its part size."""
+    seen: list[int | None] = []
+    real_open = UserFilesystem.open_upload
+
+    def spy(self: UserFilesystem, path: str, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("expected_size"))
+        return real_open(self, path, **kwargs)
+
+    monkeypatch.setattr(UserFilesystem, "open_upload", spy)
+    source = make_pdf(tmp_path / "sized.pdf", 6 * MIB + 7)
+    scp(gateway, str(source), remote())
+    assert seen == [6 * MIB + 7]
+    assert_landed(gateway, "sized.pdf", source)
+
+
+def test_a_broken_control_line_is_a_fatal_error(gateway) -> None:
+    client, channel = exec_channel(gateway, "scp -t /")
+    with client:
+        assert channel.recv(1) == b"\0"
+        channel.sendall(b"Xnonsense\n")
+        reply = channel.recv(200)
+        assert reply.startswith(b"\2") and b"protocol error" in reply
+        assert channel.recv_exit_status() == 1
+
+
+def exec_channel(
+    running: RunningGateway, command: str
+) -> tuple[paramiko.SSHClient, paramiko.Channel]:
+    """An exec channel as alice, for speaking the protocol byte by byte."""
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     client.connect(
         "127.0.0.1",
-        port=gateway.port,
+        port=running.port,
         username="alice",
-        key_filename=str(gateway.key_path),
+        key_filename=str(running.key_path),
         look_for_keys=False,
         allow_agent=False,
     )
-    channel = client.get_transport().open_session()
-    channel.exec_command("scp -t /dying.pdf")
+    transport = client.get_transport()
+    assert transport is not None
+    channel = transport.open_session()
+    channel.exec_command(command)
+    channel.settimeout(30)
+    return client, channel
+
+
+def test_client_dying_mid_file_abandons_the_upload(gateway) -> None:
+    """A short read (the client vanished) must never complete the object."""
+    client, channel = exec_channel(gateway, "scp -t /dying.pdf")
     assert channel.recv(1) == b"\0"
     channel.sendall(b"C0644 20000000 dying.pdf\n")
     assert channel.recv(1) == b"\0"
