@@ -129,6 +129,9 @@ def _command(binary: str, data_dir: Path, ports: list[int]) -> list[str]:
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         "-volume.max=200",
+        # fixed default ports (8181, 9101) would clash with a second SeaweedFS here
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
     ]
 
 

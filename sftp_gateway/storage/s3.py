@@ -63,7 +63,12 @@ class S3Storage:
                 # We send our own CRC32 per part; no second pass for a default checksum.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                s3={"addressing_style": "path"} if config.endpoint_url else None,
+                # Each part carries our CRC32, which S3 verifies; hashing every body
+                # again with SHA-256 for the signature would be a second full pass.
+                s3={
+                    "payload_signing_enabled": False,
+                    **({"addressing_style": "path"} if config.endpoint_url else {}),
+                },
                 connect_timeout=10,
                 read_timeout=120,
             ),
