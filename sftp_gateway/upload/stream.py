@@ -27,6 +27,7 @@ from sftp_gateway.storage.base import Part, Storage
 
 log = logging.getLogger(__name__)
 S3_MAX_PARTS = 10_000
+HASH_SLICE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,13 @@ class UploadStream:
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
 
     def _hash_part(self, number: int, body: bytes | bytearray) -> None:
-        # The resumable hasher takes only bytes: one transient copy, on this thread.
-        self._hasher.update(body if isinstance(body, bytes) else bytes(body))
+        # The resumable hasher takes only bytes: copy in 1 MiB slices, not a whole part.
+        if isinstance(body, bytes):
+            self._hasher.update(body)
+        else:
+            view = memoryview(body)
+            for start in range(0, len(view), HASH_SLICE):
+                self._hasher.update(bytes(view[start : start + HASH_SLICE]))
         self._hash_states[number] = self._hasher.serialize()
 
     def _send_part(self, number: int, body: bytes | bytearray) -> None:
