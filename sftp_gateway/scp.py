@@ -130,13 +130,10 @@ def _refuse(channel: paramiko.Channel, command: bytes) -> None:
     message = (
         f"sftp-gateway: command '{shown}' is not available; this server offers only SFTP and scp\n"
     )
-    try:
+    with contextlib.suppress(*CHANNEL_ERRORS):
         channel.send_stderr(message.encode("utf-8"))
         channel.send_exit_status(1)
-    except CHANNEL_ERRORS:
-        pass
-    finally:
-        channel.close()
+    _close(channel)
 
 
 def _serve(server: ServerLike, channel: paramiko.Channel, request: ScpRequest) -> None:
@@ -155,7 +152,13 @@ def _serve(server: ServerLike, channel: paramiko.Channel, request: ScpRequest) -
         _try_send(channel, FATAL + _line("scp: internal error on the server"))
     with contextlib.suppress(*CHANNEL_ERRORS):
         channel.send_exit_status(status)
-    channel.close()
+    _close(channel)
+
+
+def _close(channel: paramiko.Channel) -> None:
+    """Close; the transport may already be gone (the client died), which is fine."""
+    with contextlib.suppress(*CHANNEL_ERRORS):
+        channel.close()
 
 
 def _try_send(channel: paramiko.Channel, data: bytes) -> None:
