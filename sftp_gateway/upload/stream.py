@@ -310,9 +310,16 @@ class UploadStream:
         raise StorageError("upload to storage failed") from self._error
 
     def _shutdown_threads(self) -> None:
+        """Stop the workers and drop the buffers now: the futures' callbacks refer back
+        to this stream, a cycle that would keep every part buffer alive until the
+        garbage collector's next full pass."""
         for pool in (self._senders, self._hashing):
             if pool is not None:
                 pool.shutdown(wait=True)
+        self._futures.clear()
+        with self._spare_lock:
+            self._spare.clear()
+        self._buffer = None
 
 
 def _all_of(*futures: Future[None]) -> Future[None]:
