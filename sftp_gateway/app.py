@@ -18,7 +18,7 @@ from typing import Any
 
 import paramiko
 
-from sftp_gateway import __version__
+from sftp_gateway import __version__, sshtuning
 from sftp_gateway.auth import Authenticator, Principal
 from sftp_gateway.catalog.db import make_engine, upgrade
 from sftp_gateway.catalog.repository import Catalog
@@ -35,6 +35,7 @@ from sftp_gateway.storage.s3 import S3Storage
 from sftp_gateway.transfer import ActiveUploads, ClientInfo
 
 log = logging.getLogger(__name__)
+sshtuning.install()
 SERVER_VERSION = f"SSH-2.0-sftp-gateway_{__version__}"
 
 
