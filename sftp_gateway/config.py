@@ -112,6 +112,9 @@ class StorageConfig(_Section):
     kms_key_id: str | None = None
     max_attempts: int = Field(default=5, ge=1, le=20)
     copy_part_size: Size = 64 * MIB
+    # A CRC32 on every part and PUT, verified by S3 (and instead of SHA-256 signing
+    # every body). Off only for stores that mishandle composite checksums (moto).
+    part_checksums: bool = True
 
     @field_validator("prefix")
     @classmethod

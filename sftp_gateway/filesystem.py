@@ -210,6 +210,7 @@ class UserFilesystem:
             append=append,
             temporary=final_key != visible_key,
             existed=exists or partial is not None,
+            initial_size=partial.size if partial else probe.file.size if probe.file else 0,
         )
 
     def _start_or_resume(

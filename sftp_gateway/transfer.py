@@ -361,9 +361,11 @@ class FileWriter:
         append: bool = False,
         temporary: bool = False,
         existed: bool = False,
+        initial_size: int = 0,
     ) -> None:
         self._opener = opener
         self._existed = existed
+        self._initial_size = 0 if truncate else initial_size
         self._failure: GatewayError | None = None
         self.path = path
         self.visible_key = visible_key
@@ -383,8 +385,9 @@ class FileWriter:
 
     @property
     def size(self) -> int:
-        """The file's size as the client sees it now (highest byte written)."""
-        written = self.upload.size if self.upload else 0
+        """The file's size as the client sees it now: before the first write, what it
+        opened (a resumable partial upload, or the file it did not truncate)."""
+        written = self.upload.size if self.upload else self._initial_size
         return max(written, self._reorder.highest_end)
 
     def write(self, offset: int, data: bytes) -> None:

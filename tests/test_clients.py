@@ -457,12 +457,6 @@ def test_out_of_order_writes_far_ahead_of_the_stream(gateway, sources) -> None:
 
 # -- resuming an interrupted upload (WinSCP's and psftp's `reput`) ---------------------------
 
-FSTAT_RESUME = (
-    "core (resume): FSTAT on a handle opened without TRUNC over an interrupted upload says "
-    "size 0 while STAT says the committed size, so psftp `reput` restarts at 0 (the object "
-    "is still right, only nothing is resumed)"
-)
-
 
 def interrupt_upload(running: RunningGateway, source: Path, path: str, sent: int) -> int:
     """Send the first `sent` bytes (each WRITE acknowledged), then drop the connection
@@ -509,7 +503,6 @@ def test_stat_based_resume_continues_an_interrupted_upload(gateway, sources) -> 
     assert gateway.open_multipart_uploads() == []
 
 
-@pytest.mark.xfail(reason=FSTAT_RESUME, strict=False)
 def test_psftp_reput_resumes_an_interrupted_upload(gateway, sources, tmp_path) -> None:
     kept = interrupt_upload(gateway, sources["big"], "reput.pdf", 12 * MIB)
     result = psftp(gateway, f'reput "{sources["big"]}" reput.pdf\n', tmp_path)

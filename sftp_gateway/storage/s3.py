@@ -66,7 +66,7 @@ class S3Storage:
                 # Each part carries our CRC32, which S3 verifies; hashing every body
                 # again with SHA-256 for the signature would be a second full pass.
                 s3={
-                    "payload_signing_enabled": False,
+                    "payload_signing_enabled": not config.part_checksums,
                     **({"addressing_style": "path"} if config.endpoint_url else {}),
                 },
                 connect_timeout=10,
@@ -147,9 +147,12 @@ class S3Storage:
             Body=body,
             Metadata=metadata,
             ContentType=content_type,
-            ChecksumCRC32=crc32_b64(body),
+            **self._checksum(body),
             **self._sse,
         )
+
+    def _checksum(self, body: bytes | bytearray) -> dict[str, str]:
+        return {"ChecksumCRC32": crc32_b64(body)} if self._config.part_checksums else {}
 
     def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str:
         resp = self._call(
@@ -158,13 +161,13 @@ class S3Storage:
             Key=key,
             Metadata=metadata,
             ContentType=content_type,
-            ChecksumAlgorithm="CRC32",
+            **({"ChecksumAlgorithm": "CRC32"} if self._config.part_checksums else {}),
             **self._sse,
         )
         return str(resp["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> Part:
-        checksum = crc32_b64(body)
+        checksum = self._checksum(body)
         resp = self._call(
             "upload part",
             self.client.upload_part,
@@ -172,9 +175,10 @@ class S3Storage:
             UploadId=upload_id,
             PartNumber=number,
             Body=body,
-            ChecksumCRC32=checksum,
+            **checksum,
         )
-        return Part(number=number, etag=resp["ETag"], size=len(body), checksum=checksum)
+        crc = checksum.get("ChecksumCRC32")
+        return Part(number=number, etag=resp["ETag"], size=len(body), checksum=crc)
 
     def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         ordered = sorted(parts, key=lambda p: p.number)
