@@ -96,8 +96,14 @@ def collect_garbage(
     report = GcReport()
     cutoff = now - timedelta(seconds=settings.uploads.resume_ttl)
     for record in catalog.uploads_with_status(INTERRUPTED):
-        if _interrupted_at(record) < cutoff:
+        if _last_progress(record) < cutoff:
             _abort(storage, catalog, record, "not resumed within the resume time limit")
+            report.expired.append(record.id)
+    for record in catalog.uploads_with_status(IN_PROGRESS):
+        # No progress for resume_ttl: its instance died and never came back as itself
+        # (a new host name) to recover it.
+        if _last_progress(record) < cutoff:
+            _abort(storage, catalog, record, "no progress within the resume time limit")
             report.expired.append(record.id)
     known = {
         r.s3_upload_id
@@ -115,7 +121,8 @@ def collect_garbage(
     return report
 
 
-def _interrupted_at(record: UploadRecord) -> datetime:
+def _last_progress(record: UploadRecord) -> datetime:
+    """When the upload last recorded a checkpoint (or started, if it never did)."""
     saved = (record.resume_state or {}).get("saved_at")
     if saved:
         return datetime.fromisoformat(saved.replace("Z", "+00:00"))

@@ -227,16 +227,15 @@ class Upload:
         """The client went away mid-file: never complete; keep durable parts to resume."""
         if self._ended:
             return
-        self._ended = True
         try:
             checkpoint = self.stream.interrupt()
         except Exception:
             log.exception("could not save upload %s for resume; aborting it", self.id)
             checkpoint = None
-        if checkpoint is None:
-            self._ended = False
+        if checkpoint is None:  # nothing durable in S3: nothing to resume
             self._fail(ABORTED, reason)
             return
+        self._ended = True
         log.info("upload %s interrupted at byte %d: %s", self.id, checkpoint.size, reason)
         self.catalog.update_upload(
             self.id, status=INTERRUPTED, error=reason, **checkpoint_fields(checkpoint)

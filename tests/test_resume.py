@@ -334,3 +334,26 @@ def test_resume_through_a_second_gateway_on_the_same_postgres(
     assert second.object_sha256(key) == sha256_file(source)
     [row] = first.catalog.uploads_for_key(first.bucket, key)
     assert row.status == "completed"
+
+
+def test_gc_aborts_in_progress_uploads_with_no_progress(gateway) -> None:
+    from sftp_gateway.catalog.repository import UploadRecord
+
+    key = gateway.key_for("stale.pdf")
+    s3_id = gateway.storage.create_multipart(key, {}, "application/pdf")
+    record = UploadRecord(
+        id="stale-upload",
+        user_name="alice",
+        path="/stale.pdf",
+        bucket=gateway.bucket,
+        object_key=key,
+        status="in_progress",
+        started_at=utcnow() - timedelta(days=3),
+        s3_upload_id=s3_id,
+        owner="a-host-that-never-came-back",
+    )
+    gateway.catalog.start_upload(record)
+    report = collect_garbage(gateway.settings, gateway.catalog, gateway.storage)
+    assert report.expired == ["stale-upload"]
+    assert gateway.catalog.get_upload("stale-upload").status == "aborted"
+    assert gateway.open_multipart_uploads() == []
