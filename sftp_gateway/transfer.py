@@ -20,7 +20,7 @@ import mimetypes
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 from sftp_gateway.auth import Principal
@@ -152,11 +152,13 @@ class Upload:
         self._ended = False
         self._failure: GatewayError | None = None
         self.content_type = content_type_for(path)
+        # The catalog row is written when there is something to recover (a multipart
+        # upload) or at the end, with its final state: one transaction per small file.
+        self._row_written = resume is not None
         if resume is None:
             self.id = new_upload_id()
             self.started_at = utcnow()
             checkpoint = None
-            self._record_start(principal, client, storage.bucket)
         else:
             self.id = resume.id
             self.started_at = resume.started_at
@@ -174,6 +176,7 @@ class Upload:
             on_checkpoint=self._record_checkpoint,
             resume=checkpoint,
         )
+        self._start_record = self._initial_record(principal, client, storage.bucket)
 
     @property
     def size(self) -> int:
@@ -261,22 +264,22 @@ class Upload:
             self._failure = GatewayError("the upload failed on the server")
             raise self._failure from exc
 
-    def _record_start(self, principal: Principal, client: ClientInfo, bucket: str) -> None:
-        self.catalog.start_upload(
-            UploadRecord(
-                id=self.id,
-                user_name=principal.name,
-                key_fingerprint=principal.key_fingerprint,
-                client_ip=client.ip,
-                client_version=client.version,
-                path=self.path,
-                bucket=bucket,
-                object_key=self.key,
-                status=IN_PROGRESS,
-                started_at=self.started_at,
-                content_type=self.content_type,
-                owner=self.settings.server.instance_id,
-            )
+    def _initial_record(
+        self, principal: Principal, client: ClientInfo, bucket: str
+    ) -> UploadRecord:
+        return UploadRecord(
+            id=self.id,
+            user_name=principal.name,
+            key_fingerprint=principal.key_fingerprint,
+            client_ip=client.ip,
+            client_version=client.version,
+            path=self.path,
+            bucket=bucket,
+            object_key=self.key,
+            status=IN_PROGRESS,
+            started_at=self.started_at,
+            content_type=self.content_type,
+            owner=self.settings.server.instance_id,
         )
 
     def _metadata(self, principal: Principal, client: ClientInfo) -> dict[str, str]:
@@ -289,7 +292,15 @@ class Upload:
         }
 
     def _record_multipart(self, s3_upload_id: str) -> None:
-        self.catalog.update_upload(self.id, s3_upload_id=s3_upload_id)
+        if self._row_written:
+            self.catalog.update_upload(self.id, s3_upload_id=s3_upload_id)
+        else:
+            self.catalog.start_upload(replace(self._start_record, s3_upload_id=s3_upload_id))
+            self._row_written = True
+
+    def _unwritten_row(self) -> UploadRecord | None:
+        """The row to insert with the final state, if none was written yet."""
+        return None if self._row_written else self._start_record
 
     def _record_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Progress in the catalog, so a gateway killed now can offer a resume later."""
@@ -304,6 +315,7 @@ class Upload:
             try:
                 return self.catalog.finish_upload(
                     self.id,
+                    insert=self._unwritten_row(),
                     status=COMPLETED,
                     size=result.size,
                     sha256=result.sha256,
@@ -336,7 +348,12 @@ class Upload:
         received = self.size
         try:
             self.catalog.finish_upload(
-                self.id, status=status, error=reason, size=received, emit=received > 0
+                self.id,
+                insert=self._unwritten_row(),
+                status=status,
+                error=reason,
+                size=received,
+                emit=received > 0,
             )
         except Exception:
             log.exception("could not record the end of upload %s (%s)", self.id, reason)

@@ -247,10 +247,20 @@ class Catalog:
             session.execute(update(UploadRow).where(UploadRow.id == upload_id).values(**changes))
 
     def finish_upload(
-        self, upload_id: str, *, status: str, emit: bool = True, **changes: Any
+        self,
+        upload_id: str,
+        *,
+        status: str,
+        emit: bool = True,
+        insert: UploadRecord | None = None,
+        **changes: Any,
     ) -> UploadRecord:
-        """Set the final state and, in the same transaction, queue its event."""
+        """Set the final state and, in the same transaction, queue its event. `insert`
+        writes the upload's row first, for uploads that had none yet (small files)."""
         with self._tx() as session:
+            if insert is not None:
+                session.add(UploadRow(**dataclasses.asdict(insert)))
+                session.flush()
             row = session.get(UploadRow, upload_id, with_for_update=True)
             if row is None:
                 raise CatalogError(f"no upload {upload_id}")
