@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,9 +98,13 @@ def test_plain_rename_onto_existing_file_is_refused_posix_rename_overwrites(
 
 def test_directory_of_many_files_lists_completely(gateway) -> None:
     client = gateway.storage.client
-    count = 1100  # more than one ListObjectsV2 page
-    for i in range(count):
+    count = 5000  # five ListObjectsV2 pages
+
+    def put(i: int) -> None:
         client.put_object(Bucket=gateway.bucket, Key=gateway.key_for(f"many/f{i:05}.pdf"), Body=b"")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(count)))
     out = gateway.sftp("ls -1 many\n").stdout
     names = [line.strip() for line in out.splitlines() if line.strip().startswith("many/f")]
     assert len(names) == count
