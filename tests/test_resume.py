@@ -54,6 +54,21 @@ def interrupted_row(running, key: str):  # type: ignore[no-untyped-def]
     return rows[0] if rows and rows[0].status == "interrupted" else None
 
 
+def received_bytes(running) -> int:  # type: ignore[no-untyped-def]
+    return max((w.size for w in running.gateway.active.all()), default=0)
+
+
+def interrupt_with_killed_client(running, source: Path, name: str, after: int):  # type: ignore[no-untyped-def]
+    """Start `put`, kill -9 the sftp client past `after` bytes; return the interrupted row."""
+    key = running.key_for(name)
+    proc = start_put(running.port, running.key_path, source, name)
+    wait_until(lambda: received_bytes(running) > after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wait_until(lambda: interrupted_row(running, key) is not None)
+    return interrupted_row(running, key)
+
+
 def reput(running, source: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     running.sftp(f"reput {source} {name}\n")
 
@@ -65,9 +80,9 @@ def test_killed_client_resumes_with_reput_and_the_object_is_whole(
     source = make_pdf(tmp_path / "big.pdf", SIZE)
     key = running.key_for("big.pdf")
     proc = start_put(running.port, running.key_path, source, "big.pdf")
-    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > KILL_AFTER)
+    wait_until(lambda: received_bytes(running) > KILL_AFTER)
     proc.send_signal(signal.SIGKILL)
-    received = max((w.size for w in running.gateway.active.all()), default=0)
+    received = received_bytes(running)
     proc.wait()
     wait_until(lambda: interrupted_row(running, key) is not None)
     partial = interrupted_row(running, key)
@@ -144,9 +159,7 @@ def test_cut_connection_resumes(gateway_factory, tmp_path: Path) -> None:
         source = make_pdf(tmp_path / "big.pdf", SIZE)
         key = running.key_for("big.pdf")
         proc = start_put(proxy.port, running.key_path, source, "big.pdf")
-        wait_until(
-            lambda: max((w.size for w in running.gateway.active.all()), default=0) > KILL_AFTER
-        )
+        wait_until(lambda: received_bytes(running) > KILL_AFTER)
         proxy.cut()
         proc.wait(timeout=60)
         wait_until(lambda: interrupted_row(running, key) is not None)
@@ -162,11 +175,7 @@ def test_put_starts_over_after_an_interruption(gateway_factory, tmp_path: Path) 
     running = gateway_factory(POLICY)
     source = make_pdf(tmp_path / "big.pdf", 40 * MIB)
     key = running.key_for("big.pdf")
-    proc = start_put(running.port, running.key_path, source, "big.pdf")
-    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > 15 * MIB)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    wait_until(lambda: interrupted_row(running, key) is not None)
+    interrupt_with_killed_client(running, source, "big.pdf", 15 * MIB)
     running.sftp(f"put {source} big.pdf\n")  # TRUNC: a new upload, the old one aborted
     assert running.object_sha256(key) == sha256_file(source)
     statuses = sorted(r.status for r in running.catalog.uploads_for_key(running.bucket, key))
@@ -180,11 +189,7 @@ def test_resume_at_a_wrong_offset_says_the_resumable_size(gateway_factory, tmp_p
     running = gateway_factory(POLICY)
     source = make_pdf(tmp_path / "big.pdf", 30 * MIB)
     key = running.key_for("big.pdf")
-    proc = start_put(running.port, running.key_path, source, "big.pdf")
-    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > 15 * MIB)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    wait_until(lambda: interrupted_row(running, key) is not None)
+    interrupt_with_killed_client(running, source, "big.pdf", 15 * MIB)
     committed = interrupted_row(running, key).size
     with paramiko_sftp(running) as sftp, sftp.open("big.pdf", "r+") as handle:
         handle.seek(committed + 12345)
@@ -200,11 +205,7 @@ def test_gc_aborts_expired_interrupted_uploads(gateway_factory, tmp_path: Path) 
     running = gateway_factory(POLICY)
     source = make_pdf(tmp_path / "big.pdf", 30 * MIB)
     key = running.key_for("big.pdf")
-    proc = start_put(running.port, running.key_path, source, "big.pdf")
-    wait_until(lambda: max((w.size for w in running.gateway.active.all()), default=0) > 15 * MIB)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    wait_until(lambda: interrupted_row(running, key) is not None)
+    interrupt_with_killed_client(running, source, "big.pdf", 15 * MIB)
     assert running.open_multipart_uploads() != []
     report = collect_garbage(
         running.settings, running.catalog, running.storage, now=utcnow() + timedelta(days=2)
@@ -315,11 +316,7 @@ def test_resume_through_a_second_gateway_on_the_same_postgres(
     first = gateway_factory({**POLICY, "server": {"instance_id": "gw-a"}}, catalog_url=postgres_url)
     source = make_pdf(tmp_path / "big.pdf", 40 * MIB)
     key = first.key_for("big.pdf")
-    proc = start_put(first.port, first.key_path, source, "big.pdf")
-    wait_until(lambda: max((w.size for w in first.gateway.active.all()), default=0) > 15 * MIB)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    wait_until(lambda: interrupted_row(first, key) is not None)
+    interrupt_with_killed_client(first, source, "big.pdf", 15 * MIB)
 
     second = gateway_factory(
         {**POLICY, "server": {"instance_id": "gw-b"}}, catalog_url=postgres_url, add_user=False
