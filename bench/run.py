@@ -750,9 +750,13 @@ class Bench:
             def one(p: int = port, u: str = user) -> float:
                 return run_sftp(p, u, self.key, "ls\n", self.args.ssh_opt)[0]
 
+            cpu0 = gw.cpu() if target == "gateway" else self.sshd.cpu()  # type: ignore[union-attr]
             start = time.perf_counter()
             latencies = [one() for _ in range(total)]
             sequential = total / (time.perf_counter() - start)
+            if target == "openssh":
+                self.sshd.settle()  # type: ignore[union-attr]
+            cpu = (gw.cpu() if target == "gateway" else self.sshd.cpu()) - cpu0  # type: ignore[union-attr]
             start = time.perf_counter()
             with ThreadPoolExecutor(parallel) as pool:
                 list(pool.map(lambda _: one(), range(total)))
@@ -761,6 +765,7 @@ class Bench:
                 "sequential_per_s": sequential,
                 f"parallel{parallel}_per_s": concurrent_rate,
                 "median_session_s": median(latencies),
+                "server_cpu_ms_per_session": cpu / total * 1000,
             }
         return out
 
