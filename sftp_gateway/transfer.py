@@ -239,9 +239,10 @@ class Upload:
             self._fail(ABORTED, reason)
             return
         self._ended = True
-        log.info("upload %s interrupted at byte %d: %s", self.id, checkpoint.size, reason)
+        note = f"{reason}; {self.size} bytes received, {checkpoint.size} kept for a resume"
+        log.info("upload %s interrupted: %s", self.id, note)
         self.catalog.update_upload(
-            self.id, status=INTERRUPTED, error=reason, **checkpoint_fields(checkpoint)
+            self.id, status=INTERRUPTED, error=note, **checkpoint_fields(checkpoint)
         )
 
     def discard(self, reason: str) -> None:

@@ -17,8 +17,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from rehashes import PySha256
 
@@ -85,7 +86,7 @@ class UploadStream:
         self._spare: list[bytearray] = []
         self._spare_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._futures: list[Future[None]] = []
+        self._jobs: list[_PartJob] = []
         self._error: BaseException | None = None
         self._senders: ThreadPoolExecutor | None = None
         self._hashing: ThreadPoolExecutor | None = None
@@ -245,7 +246,7 @@ class UploadStream:
             self._start_threads()
             if self._on_created:
                 self._on_created(self._upload_id)
-        number = self._base_parts + len(self._futures) + 1
+        number = self._base_parts + len(self._jobs) + 1
         if number > S3_MAX_PARTS:
             raise StorageError("file too large for the configured part size")
         self._slots.acquire()  # blocks while max_concurrency parts are in flight
@@ -257,11 +258,10 @@ class UploadStream:
         self._buffer, self._fill = self._take_spare(), 0
         assert self._hashing is not None and self._senders is not None
         body = buffer if length == len(buffer) else bytes(memoryview(buffer)[:length])
-        hashed = self._hashing.submit(self._hash_part, number, body)
-        sent = self._senders.submit(self._send_part, number, body)
-        done = _all_of(hashed, sent)
-        self._futures.append(done)
-        done.add_done_callback(lambda f: self._part_settled(f, buffer))
+        job = _PartJob(partial(self._part_settled, buffer))
+        self._jobs.append(job)
+        self._hashing.submit(self._hash_part, number, body).add_done_callback(job.one_done)
+        self._senders.submit(self._send_part, number, body).add_done_callback(job.one_done)
 
     def _start_threads(self) -> None:
         self._senders = ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="part")
@@ -283,8 +283,7 @@ class UploadStream:
         assert self._upload_id is not None
         self._parts[number] = self.storage.upload_part(self.key, self._upload_id, number, body)
 
-    def _part_settled(self, future: Future[None], buffer: bytearray) -> None:
-        error = future.exception()
+    def _part_settled(self, buffer: bytearray, error: BaseException | None) -> None:
         if error is not None and self._error is None:
             self._error = error
         with self._spare_lock:
@@ -300,7 +299,8 @@ class UploadStream:
         return bytearray(self.part_size)
 
     def _drain(self) -> None:
-        wait(list(self._futures))
+        for job in self._jobs:
+            job.settled.wait()
 
     def _raise_if_failed(self) -> None:
         if self._error is None:
@@ -310,35 +310,41 @@ class UploadStream:
         raise StorageError("upload to storage failed") from self._error
 
     def _shutdown_threads(self) -> None:
-        """Stop the workers and drop the buffers now: the futures' callbacks refer back
-        to this stream, a cycle that would keep every part buffer alive until the
-        garbage collector's next full pass."""
+        """Stop the workers and drop the buffers and callbacks now, so nothing keeps
+        this stream (and its part buffers) alive once its owner lets go of it."""
         for pool in (self._senders, self._hashing):
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._futures.clear()
+        self._jobs.clear()
         with self._spare_lock:
             self._spare.clear()
         self._buffer = None
+        self._on_created = self._on_checkpoint = None  # bound methods of our owner
 
 
-def _all_of(*futures: Future[None]) -> Future[None]:
-    """A future that settles when every input has, with the first error if any."""
-    combined: Future[None] = Future()
-    remaining = [len(futures)]
-    lock = threading.Lock()
+class _PartJob:
+    """A part's two jobs, its SHA-256 (in order) and its upload (in parallel). The last
+    to finish settles the part once, then lets go of the stream: no reference cycle
+    through the futures keeps a finished upload's buffers in memory."""
 
-    def settle(_: Future[None]) -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0]:
+    def __init__(self, on_settled: Callable[[BaseException | None], None]) -> None:
+        self._on_settled: Callable[[BaseException | None], None] | None = on_settled
+        self._pending = 2
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self.settled = threading.Event()
+
+    def one_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._pending -= 1
+            error = future.exception()
+            if error is not None and self._error is None:
+                self._error = error
+            if self._pending:
                 return
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            combined.set_exception(errors[0])
-        else:
-            combined.set_result(None)
-
-    for future in futures:
-        future.add_done_callback(settle)
-    return combined
+            on_settled, self._on_settled = self._on_settled, None
+        assert on_settled is not None
+        try:
+            on_settled(self._error)
+        finally:
+            self.settled.set()
