@@ -508,3 +508,23 @@ def test_psftp_reput_resumes_an_interrupted_upload(gateway, sources, tmp_path) -
     result = psftp(gateway, f'reput "{sources["big"]}" reput.pdf\n', tmp_path)
     assert_landed(gateway, "reput.pdf", sources["big"])
     assert f"restarting at file position {kept}" in result.stdout
+
+
+def test_lftp_put_continue_resumes_an_interrupted_upload(gateway, sources) -> None:
+    kept = interrupt_upload(gateway, sources["big"], "lftp-resume.pdf", 12 * MIB)
+    assert kept > 0
+    lftp(gateway, f"put -c {sources['big']} -o lftp-resume.pdf")
+    assert_landed(gateway, "lftp-resume.pdf", sources["big"])
+    assert gateway.open_multipart_uploads() == []
+    [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("lftp-resume.pdf"))
+    assert row.status == "completed"  # the same upload, continued: not aborted and redone
+
+
+def test_curl_continue_at_resumes_an_interrupted_upload(gateway, sources) -> None:
+    kept = interrupt_upload(gateway, sources["big"], "curl-resume.pdf", 12 * MIB)
+    assert kept > 0
+    curl(gateway, "-C", "-", "-T", str(sources["big"]), curl_url(gateway, "curl-resume.pdf"))
+    assert_landed(gateway, "curl-resume.pdf", sources["big"])
+    assert gateway.open_multipart_uploads() == []
+    [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("curl-resume.pdf"))
+    assert row.status == "completed"  # the same upload, continued: not aborted and redone
