@@ -177,11 +177,12 @@ def start_gateway(
     permissions: frozenset[str] = DEFAULT_PERMISSIONS,
     background: list[Any] | None = None,
     add_user: bool = True,
+    storage_class: type[S3Storage] = S3Storage,
 ) -> RunningGateway:
     settings = settings_from_dict(
         deep_merge(base_config(tmp, endpoint, bucket, catalog_url), config or {}), environ={}
     )
-    storage = S3Storage(settings.storage)
+    storage = storage_class(settings.storage)
     storage.client.create_bucket(Bucket=bucket)
     catalog = build_catalog(settings)
     key_path = make_user_key(tmp / "userkeys")
