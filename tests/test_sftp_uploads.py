@@ -240,3 +240,28 @@ def _wait_until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-d
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+def test_rsa_sha2_and_ecdsa_keys_log_in(gateway, tmp_path: Path, kind: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from sftp_gateway.auth import parse_public_key
+    from sftp_gateway.hostkeys import public_line, write_private_key
+
+    if kind == "rsa":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    key_path = tmp_path / f"id_{kind}"
+    write_private_key(key_path, pem)
+    gateway.catalog.add_key("alice", parse_public_key(public_line(pem)))
+    result = gateway.sftp("ls\n", key=key_path, extra_args=["-v"])
+    if kind == "rsa":  # OpenSSH signs with SHA-2, never the SHA-1 ssh-rsa signature
+        assert "rsa-sha2-512" in result.stderr or "rsa-sha2-256" in result.stderr
