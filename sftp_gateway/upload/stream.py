@@ -5,10 +5,11 @@ at most max_concurrency being sent. Buffers are reused, never concatenated. When
 send slot is busy, `write` blocks, the SFTP thread stops reading the channel, the SSH
 window closes, and the client slows down: a slow S3 costs time, not memory.
 
-The SHA-256 runs on its own thread, in order, beside the part sends, so hashing is off
-the thread that reads the network. After each part it records the hash state (a
-resumable SHA-256), so an interrupted upload can continue later with a correct hash
-of the whole file. A file smaller than one part is a single PUT.
+The SHA-256 runs on its own thread, in order, beside the part sends, off the thread
+that reads the network and without holding the GIL. After each part it records the
+hash state (upload/sha256.py: a SHA-256 whose state can be saved), so an interrupted
+upload can continue later with a correct hash of the whole file. A file smaller than
+one part is a single PUT.
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-from rehashes import PySha256
-
 from sftp_gateway.errors import StorageError
 from sftp_gateway.storage.base import Part, Storage
+from sftp_gateway.upload.sha256 import ResumableSha256
 
 log = logging.getLogger(__name__)
 S3_MAX_PARTS = 10_000
-HASH_SLICE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class UploadStream:
         self._parts: dict[int, Part] = {p.number: p for p in resume.parts} if resume else {}
         self._base_parts = len(self._parts)
         self._size = resume.size if resume else 0
-        self._hasher = PySha256.deserialize(resume.hash_state) if resume else PySha256()
+        self._hasher = ResumableSha256(resume.hash_state if resume else None)
         self._hash_states: dict[int, bytes] = {}
         self._on_checkpoint = on_checkpoint
         self._checkpoint_interval = checkpoint_interval
@@ -150,12 +149,12 @@ class UploadStream:
             if self._upload_id is None:
                 body = b"".join(self._small)
                 self._hasher.update(body)
-                digest = self._hasher.finalize()
+                digest = self._hasher.hexdigest()
                 self.storage.put(self.key, body, self._final_metadata(digest), self.content_type)
                 return StreamResult(self._size, digest, False, ())
             parts = tuple(self._parts[n] for n in sorted(self._parts))
             self.storage.complete_multipart(self.key, self._upload_id, list(parts))
-            digest = self._hasher.finalize()
+            digest = self._hasher.hexdigest()
             # The SHA-256 is known only now; S3 takes metadata at creation, so set it in place.
             self.storage.replace_metadata(
                 self.key, self._final_metadata(digest), self.content_type, self._size
@@ -268,14 +267,8 @@ class UploadStream:
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="sha256")
 
     def _hash_part(self, number: int, body: bytes | bytearray) -> None:
-        # The resumable hasher takes only bytes: copy in 1 MiB slices, not a whole part.
-        if isinstance(body, bytes):
-            self._hasher.update(body)
-        else:
-            view = memoryview(body)
-            for start in range(0, len(view), HASH_SLICE):
-                self._hasher.update(bytes(view[start : start + HASH_SLICE]))
-        self._hash_states[number] = self._hasher.serialize()
+        self._hasher.update(body)
+        self._hash_states[number] = self._hasher.state()
 
     def _send_part(self, number: int, body: bytes | bytearray) -> None:
         if self._error is not None:
