@@ -293,7 +293,7 @@ class UserFilesystem:
         records = self.catalog.latest_completed(self.storage.bucket, [key])
         if key in records:
             self.catalog.update_upload(records[key].id, mtime=mtime)
-        elif self.storage.head(key) is None and not self.storage.has_prefix(key + "/"):
+        elif not self.storage.probe(key).exists:
             raise NotFound(f"no such file or directory: {normalize(path)}")
 
     def remove(self, path: str) -> None:
@@ -306,13 +306,13 @@ class UserFilesystem:
         partial = self.catalog.interrupted_upload(self.storage.bucket, key)
         if partial is not None:
             self._drop_partial(partial, "removed by the client")
-            if self.storage.head(key) is None:
-                return
-        if self.storage.head(key) is None:
-            if self.storage.has_prefix(key + "/"):
+        probe = self.storage.probe(key)
+        if probe.file is not None:
+            self.storage.delete(key)
+        elif partial is None:
+            if probe.is_dir:
                 raise InvalidRequest(f"{normalize(path)} is a directory (use rmdir)")
             raise NotFound(f"no such file: {normalize(path)}")
-        self.storage.delete(key)
 
     def mkdir(self, path: str) -> None:
         self.require("mkdir")
@@ -320,7 +320,7 @@ class UserFilesystem:
         if virtual == "/":
             raise AlreadyExists("/ already exists")
         key = self.jail.key(virtual)
-        if self.storage.head(key) is not None or self.storage.has_prefix(key + "/"):
+        if self.storage.probe(key).exists:
             raise AlreadyExists(f"{virtual} already exists")
         self.storage.make_dir(key + "/")
 
@@ -348,8 +348,9 @@ class UserFilesystem:
         if writer is not None:
             self._rename_written(writer, new_virtual, new_key, overwrite=overwrite)
             return
-        if self.storage.head(old_key) is None:
-            if self.storage.has_prefix(old_key + "/"):
+        source = self.storage.probe(old_key)
+        if source.file is None:
+            if source.is_dir:
                 raise NotSupported("renaming directories is not supported")
             raise NotFound(f"no such file: {old_virtual}")
         check_name_allowed(new_virtual, self.settings.uploads.allowed_extensions)

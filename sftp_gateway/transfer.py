@@ -189,12 +189,7 @@ class Upload:
             raise self._failure
         if self._ended:
             raise InvalidRequest("this upload has already ended")
-        if self.size + len(data) > self._limits.max_file_size:
-            self.reject(
-                QuotaExceeded(
-                    f"file exceeds the maximum size of {_human(self._limits.max_file_size)}"
-                )
-            )
+        self.check_size(self.size + len(data))
         if not self._signature_checked:
             self._head += data
             if len(self._head) < len(PDF_SIGNATURE):
@@ -204,6 +199,12 @@ class Upload:
             self._signature_checked = True
             data, self._head = self._head, b""
         self._guard(self.stream.write, data)
+
+    def check_size(self, end: int) -> None:
+        """Refuse (and end the upload) as soon as a byte would pass the size limit."""
+        limit = self._limits.max_file_size
+        if end > limit:
+            self.reject(QuotaExceeded(f"file exceeds the maximum size of {_human(limit)}"))
 
     def seal(self) -> None:
         """The client closed the file: every byte goes to S3; errors reach the client."""
@@ -397,7 +398,6 @@ class FileWriter:
         self._reorder = ReorderBuffer(
             settings.uploads.reorder_memory, settings.uploads.reorder_spill
         )
-        self._max_size = settings.uploads.max_file_size
         registry.claim(visible_key, self)
 
     @property
@@ -427,10 +427,7 @@ class FileWriter:
             for chunk in self._reorder.take_from(upload.size):
                 upload.write(chunk)
         elif offset > upload.size:
-            if offset + len(data) > self._max_size:
-                upload.reject(
-                    QuotaExceeded(f"file exceeds the maximum size of {_human(self._max_size)}")
-                )
+            upload.check_size(offset + len(data))
             self._reorder.add(offset, data)
         else:
             raise InvalidRequest(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
+from collections.abc import Callable
 
 import paramiko
 from paramiko.sftp import SFTP_OK
@@ -13,8 +13,6 @@ from sftp_gateway.errors import InvalidRequest, NotSupported
 from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
 from sftp_gateway.paths import normalize
 from sftp_gateway.transfer import FileWriter
-
-log = logging.getLogger(__name__)
 
 
 def attributes(item: FileStat) -> paramiko.SFTPAttributes:
@@ -86,7 +84,12 @@ class DownloadHandle(paramiko.SFTPHandle):
         self.download.close()
 
 
-def apply_attributes(attr: paramiko.SFTPAttributes, *, current_size: int | None, set_mtime) -> None:  # type: ignore[no-untyped-def]
+def apply_attributes(
+    attr: paramiko.SFTPAttributes,
+    *,
+    current_size: int | None,
+    set_mtime: Callable[[int], None],
+) -> None:
     """SETSTAT semantics: a size equal to the file's is fine, other sizes are not
     supported; permissions and owners are accepted and ignored; mtime is kept."""
     size = getattr(attr, "st_size", None)
