@@ -174,7 +174,7 @@ def test_cut_connection_resumes(gateway_factory, tmp_path: Path) -> None:
 
 def test_put_starts_over_after_an_interruption(gateway_factory, tmp_path: Path) -> None:
     running = gateway_factory(POLICY)
-    source = make_pdf(tmp_path / "big.pdf", 40 * MIB)
+    source = make_pdf(tmp_path / "big.pdf", 64 * MIB)  # killed at 15 MiB: ample margin
     key = running.key_for("big.pdf")
     interrupt_with_killed_client(running, source, "big.pdf", 15 * MIB)
     running.sftp(f"put {source} big.pdf\n")  # TRUNC: a new upload, the old one aborted
@@ -188,7 +188,7 @@ def test_resume_at_a_wrong_offset_says_the_resumable_size(gateway_factory, tmp_p
     from tests.test_sftp_uploads import paramiko_sftp
 
     running = gateway_factory(POLICY)
-    source = make_pdf(tmp_path / "big.pdf", 30 * MIB)
+    source = make_pdf(tmp_path / "big.pdf", 64 * MIB)  # killed at 15 MiB: ample margin
     key = running.key_for("big.pdf")
     interrupt_with_killed_client(running, source, "big.pdf", 15 * MIB)
     committed = interrupted_row(running, key).size
@@ -204,7 +204,7 @@ def test_resume_at_a_wrong_offset_says_the_resumable_size(gateway_factory, tmp_p
 
 def test_gc_aborts_expired_interrupted_uploads(gateway_factory, tmp_path: Path) -> None:
     running = gateway_factory(POLICY)
-    source = make_pdf(tmp_path / "big.pdf", 30 * MIB)
+    source = make_pdf(tmp_path / "big.pdf", 64 * MIB)  # killed at 15 MiB: ample margin
     key = running.key_for("big.pdf")
     interrupt_with_killed_client(running, source, "big.pdf", 15 * MIB)
     assert running.open_multipart_uploads() != []
@@ -283,9 +283,9 @@ def test_gateway_killed_mid_upload_recovers_and_resumes(
         wait_port(port)
         client = start_put(port, key_path, source, "big.pdf")
 
-        def checkpointed() -> bool:
+        def checkpointed() -> bool:  # the first parts are recorded, the upload goes on
             rows = catalog.uploads_for_key(bucket_name, key)
-            return bool(rows) and (rows[0].size or 0) >= 10 * MIB
+            return bool(rows) and rows[0].status == "in_progress" and rows[0].size > 0
 
         wait_until(checkpointed)
         gateway.send_signal(signal.SIGKILL)
@@ -315,7 +315,7 @@ def test_resume_through_a_second_gateway_on_the_same_postgres(
     gateway_factory, tmp_path: Path, postgres_url: str
 ) -> None:
     first = gateway_factory({**POLICY, "server": {"instance_id": "gw-a"}}, catalog_url=postgres_url)
-    source = make_pdf(tmp_path / "big.pdf", 40 * MIB)
+    source = make_pdf(tmp_path / "big.pdf", 64 * MIB)  # killed at 15 MiB: ample margin
     key = first.key_for("big.pdf")
     interrupt_with_killed_client(first, source, "big.pdf", 15 * MIB)
 
