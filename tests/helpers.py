@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import yaml
 
 from sftp_gateway.app import Gateway, build_catalog
@@ -148,6 +149,20 @@ class RunningGateway:
         if check and result.returncode != 0:
             raise AssertionError(f"sftp failed ({result.returncode}): {result.stderr}")
         return result
+
+    def ssh_client(self) -> paramiko.SSHClient:
+        """paramiko's SSH client, logged in as this gateway's user."""
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            "127.0.0.1",
+            port=self.port,
+            username=self.user,
+            key_filename=str(self.key_path),
+            look_for_keys=False,
+            allow_agent=False,
+        )
+        return client
 
     def object_sha256(self, key: str) -> str:
         body = self.storage.client.get_object(Bucket=self.bucket, Key=key)["Body"]

@@ -75,16 +75,7 @@ def copy_as(source: Path, directory: Path, name: str) -> Path:
 @contextmanager
 def sftp_client(running: RunningGateway) -> Iterator[paramiko.SFTPClient]:
     """paramiko's SFTPClient logged in as alice."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=running.port,
-        username="alice",
-        key_filename=str(running.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = running.ssh_client()
     try:
         sftp = client.open_sftp()
         try:
@@ -462,16 +453,7 @@ def interrupt_upload(running: RunningGateway, source: Path, path: str, sent: int
     """Send the first `sent` bytes (each WRITE acknowledged), then drop the connection
     without a CLOSE; returns the size the gateway kept for a resume."""
     data = source.read_bytes()[:sent]
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=running.port,
-        username="alice",
-        key_filename=str(running.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = running.ssh_client()
     handle = client.open_sftp().open(path, "wb", bufsize=0)
     handle.set_pipelined(False)
     for offset in range(0, len(data), 32 * 1024):

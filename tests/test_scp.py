@@ -247,16 +247,7 @@ def exec_channel(
     running: RunningGateway, command: str
 ) -> tuple[paramiko.SSHClient, paramiko.Channel]:
     """An exec channel as alice, for speaking the protocol byte by byte."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=running.port,
-        username="alice",
-        key_filename=str(running.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = running.ssh_client()
     transport = client.get_transport()
     assert transport is not None
     channel = transport.open_session()

@@ -208,16 +208,7 @@ def test_many_concurrent_sessions(gateway, tmp_path: Path) -> None:
 @contextmanager
 def paramiko_sftp(running) -> Iterator[paramiko.SFTPClient]:  # type: ignore[no-untyped-def]
     """paramiko's own SFTP client, logged in as the running gateway's user."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=running.port,
-        username=running.user,
-        key_filename=str(running.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = running.ssh_client()
     try:
         yield client.open_sftp()
     finally:
