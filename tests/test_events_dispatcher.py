@@ -40,6 +40,16 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+def dispatch_everything(catalog: Catalog, config: EventsConfig) -> None:
+    """Run a dispatcher until the outbox is empty, then stop it."""
+    dispatcher = Dispatcher(catalog, config)
+    dispatcher.start()
+    try:
+        wait_until(lambda: catalog.pending_event_count() == 0)
+    finally:
+        dispatcher.stop()
+
+
 def outbox_rows(catalog: Catalog) -> list[OutboxRow]:
     with catalog.engine.connect() as conn:
         return list(conn.execute(select(OutboxRow).order_by(OutboxRow.id)).all())
@@ -69,12 +79,7 @@ def test_committed_event_reaches_sqs_with_type_and_user_attributes(
     failed = record_upload(catalog, path="/bad.pdf", status=FAILED, error="not a PDF")
     assert catalog.pending_event_count() == 2
 
-    dispatcher = Dispatcher(catalog, settings.events)
-    dispatcher.start()
-    try:
-        wait_until(lambda: catalog.pending_event_count() == 0)
-    finally:
-        dispatcher.stop()
+    dispatch_everything(catalog, settings.events)
 
     messages = drain_queue(moto_endpoint, queue)
     bodies = {json.loads(m["Body"])["upload_id"]: m for m in messages}
@@ -193,12 +198,7 @@ def test_event_committed_before_a_crash_is_sent_after_restart(
 
     catalog = new_catalog(settings)  # the restarted gateway
     assert catalog.pending_event_count() == 1
-    dispatcher = Dispatcher(catalog, settings.events)
-    dispatcher.start()
-    try:
-        wait_until(lambda: catalog.pending_event_count() == 0)
-    finally:
-        dispatcher.stop()
+    dispatch_everything(catalog, settings.events)
     (message,) = drain_queue(moto_endpoint, queue)
     body = json.loads(message["Body"])
     assert body["email"] == "alice@example.com" and body["sha256"] == sha256_file(pdf)
