@@ -1,5 +1,5 @@
 """Object storage: the Storage protocol the gateway needs, and its S3 implementation."""
 
-from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Storage
+from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe, Storage
 
-__all__ = ["Entry", "ObjectInfo", "Part", "Storage"]
+__all__ = ["Entry", "ObjectInfo", "Part", "Probe", "Storage"]
