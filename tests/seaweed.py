@@ -74,19 +74,24 @@ class SeaweedServer:
     def pid(self) -> int:
         return self.process.pid
 
-    def client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this server (path-style, the enforced credentials)."""
+    def client(
+        self, credentials: tuple[str, str] | None = None, max_attempts: int = 2, **config: Any
+    ) -> Any:
+        """A boto3 S3 client for this server (path-style; by default the credentials it
+        enforces)."""
         import boto3
         from botocore.config import Config
 
-        key, secret = self.credentials or ("any-key", "any-secret")
+        key, secret = credentials or self.credentials or ("any-key", "any-secret")
         return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id=key,
             aws_secret_access_key=secret,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, **config),
+            config=Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": max_attempts}, **config
+            ),
         )
 
     def create_bucket(self, name: str | None = None) -> str:

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -108,9 +110,21 @@ def send_raw(endpoint: str, queue: str, body: str) -> None:
     sqs(endpoint).send_message(QueueUrl=queue, MessageBody=body)
 
 
-def test_upload_with_real_sftp_client_is_emailed_with_uploader_file_size_and_sha(
+@dataclass
+class MailingGateway:
+    """A gateway whose dispatcher feeds a fresh queue, beside a capturing SMTP server."""
+
+    running: RunningGateway
+    settings: Settings
+    catalog: Catalog
+    queue: str
+    handler: SmtpCapture
+
+
+@contextmanager
+def mailing_gateway(
     tmp_path: Path, moto_endpoint: str, gateway_factory: Callable[..., RunningGateway]
-) -> None:
+) -> Iterator[MailingGateway]:
     queue = create_queue(moto_endpoint)
     handler = SmtpCapture()
     with smtp_server(handler) as port:
@@ -118,8 +132,16 @@ def test_upload_with_real_sftp_client_is_emailed_with_uploader_file_size_and_sha
         catalog = new_catalog(settings)
         dispatcher = Dispatcher(catalog, settings.events)
         running = gateway_factory(catalog_url=settings.catalog.url, background=[dispatcher])
+        yield MailingGateway(running, settings, catalog, queue, handler)
+
+
+def test_upload_with_real_sftp_client_is_emailed_with_uploader_file_size_and_sha(
+    tmp_path: Path, moto_endpoint: str, gateway_factory: Callable[..., RunningGateway]
+) -> None:
+    with mailing_gateway(tmp_path, moto_endpoint, gateway_factory) as mg:
+        settings, catalog, queue, handler = mg.settings, mg.catalog, mg.queue, mg.handler
         pdf = make_pdf(tmp_path / "invoice-2026.pdf", 300_000)
-        running.sftp(f"put {pdf}\n")
+        mg.running.sftp(f"put {pdf}\n")
         wait_until(
             lambda: catalog.pending_event_count() == 0 and queue_depth(moto_endpoint, queue)[0]
         )
@@ -475,19 +497,13 @@ def test_smtp_sender_requires_the_password_env_var(monkeypatch: pytest.MonkeyPat
 def test_refused_upload_is_emailed_as_failed_with_the_reason(
     tmp_path: Path, moto_endpoint: str, gateway_factory: Callable[..., RunningGateway]
 ) -> None:
-    queue = create_queue(moto_endpoint)
-    handler = SmtpCapture()
-    with smtp_server(handler) as port:
-        settings = smtp_settings(tmp_path, moto_endpoint, queue, port)
-        catalog = new_catalog(settings)
-        dispatcher = Dispatcher(catalog, settings.events)
-        running = gateway_factory(catalog_url=settings.catalog.url, background=[dispatcher])
+    with mailing_gateway(tmp_path, moto_endpoint, gateway_factory) as mg:
         fake = tmp_path / "fake.pdf"
         fake.write_bytes(b"this is not a PDF at all\n" * 100)
-        running.sftp(f"put {fake}\n", check=False)
-        wait_until(lambda: queue_depth(moto_endpoint, queue)[0], timeout=30)
-        run_worker(settings, catalog, once=True)
-    (received,) = handler.messages
+        mg.running.sftp(f"put {fake}\n", check=False)
+        wait_until(lambda: queue_depth(moto_endpoint, mg.queue)[0], timeout=30)
+        run_worker(mg.settings, mg.catalog, once=True)
+    (received,) = mg.handler.messages
     assert received.message["Subject"] == "Upload failed: fake.pdf from alice"
     text = text_of(received.message)
     assert "Why it failed:" in text and "unknown reason" not in text

@@ -71,34 +71,21 @@ def assert_identified(gw: RunningGateway, key: str, source: Path) -> None:
     assert gw.open_multipart_uploads() == []
 
 
-def _client_with(seaweed: SeaweedServer, key: str, secret: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=seaweed.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
 def test_seaweed_enforces_its_credentials(seaweed: SeaweedServer) -> None:
     """weed started with AWS_* in its env checks them: any other key is refused."""
     from botocore.exceptions import ClientError
 
     bucket = seaweed.create_bucket()
     assert seaweed.credentials is not None
-    good = _client_with(seaweed, *seaweed.credentials)
+    good = seaweed.client(max_attempts=1)  # the credentials it enforces
     good.put_object(Bucket=bucket, Key="probe.txt", Body=b"x")
     for key, secret, code in [
         ("someone-else", "whatever", "InvalidAccessKeyId"),
         (seaweed.credentials[0], "wrong-secret", "SignatureDoesNotMatch"),
     ]:
         with pytest.raises(ClientError) as err:
-            _client_with(seaweed, key, secret).get_object(Bucket=bucket, Key="probe.txt")
+            other = seaweed.client(credentials=(key, secret), max_attempts=1)
+            other.get_object(Bucket=bucket, Key="probe.txt")
         assert err.value.response["Error"]["Code"] == code
 
 
