@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import RunningGateway, free_port, start_gateway
 from tests.seaweed import SeaweedServer, start_seaweed
+from tests.serving import ServeProcess, start_serve
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -108,3 +109,25 @@ def seaweed() -> Iterator[SeaweedServer]:
 @pytest.fixture(scope="session")
 def seaweed_endpoint(seaweed: SeaweedServer) -> str:
     return seaweed.endpoint
+
+
+@pytest.fixture
+def serve_factory(
+    tmp_path: Path, moto_endpoint: str, bucket_name: str
+) -> Iterator[Callable[..., ServeProcess]]:
+    """Start real `sftp-gateway serve` processes (config overrides as a nested dict)."""
+    started: list[ServeProcess] = []
+
+    def factory(config: dict[str, Any] | None = None, **kwargs: Any) -> ServeProcess:
+        served = start_serve(
+            tmp_path / f"serve{len(started)}",
+            kwargs.pop("endpoint", moto_endpoint),
+            kwargs.pop("bucket", bucket_name),
+            config,
+        )
+        started.append(served)
+        return served
+
+    yield factory
+    for served in started:
+        served.stop()

@@ -46,6 +46,8 @@ class UserKeyRow(Base):
     key_type: Mapped[str] = mapped_column(String(64))
     public_key: Mapped[str] = mapped_column(Text)  # the authorized_keys line, options dropped
     comment: Mapped[str | None] = mapped_column(String(200))
+    # authorized_keys options (from=, expiry-time=, restrict, no-*), as validated text.
+    options: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     user: Mapped[UserRow] = relationship(back_populates="keys")
 
@@ -105,3 +107,28 @@ class SentEmailRow(Base):
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     recipients: Mapped[str] = mapped_column(Text)
+
+
+class AuthScoreRow(Base):
+    """One scored event (failed key, unknown user, protocol error) from an address."""
+
+    __tablename__ = "auth_scores"
+    __table_args__ = (Index("ix_auth_scores_address_at", "address", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(64))
+    points: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BanRow(Base):
+    """An address refused before the key exchange until banned_until, on every instance."""
+
+    __tablename__ = "bans"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    banned_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    score: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
