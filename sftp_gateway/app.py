@@ -18,24 +18,30 @@ from typing import Any
 
 import paramiko
 
-from sftp_gateway import __version__, sshtuning
+from sftp_gateway import __version__, crypto_policy, sshcompat
+from sftp_gateway.admission import Admission, Ticket
 from sftp_gateway.auth import Authenticator, Principal
+from sftp_gateway.catalog.bans import BanStore
 from sftp_gateway.catalog.db import make_engine, upgrade
 from sftp_gateway.catalog.repository import Catalog
-from sftp_gateway.config import Settings
+from sftp_gateway.config import ServerConfig, Settings
+from sftp_gateway.errors import ConfigError
 from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.gc import PeriodicGc, recover_after_crash
 from sftp_gateway.hostkeys import load_host_keys
+from sftp_gateway.idle import IdleWatcher
 from sftp_gateway.scp import handle_exec
+from sftp_gateway.sessions import RevocationWatcher, SessionRegistry
 from sftp_gateway.sftp.handler import GatewaySFTPInterface
 from sftp_gateway.sftp.protocol import GatewaySFTPServer
 from sftp_gateway.ssh import GatewayServer
 from sftp_gateway.storage.base import Storage
 from sftp_gateway.storage.s3 import S3Storage
 from sftp_gateway.transfer import ActiveUploads, ClientInfo
+from sftp_gateway.upload.budget import Owner
+from sftp_gateway.upload.services import UploadServices
 
 log = logging.getLogger(__name__)
-sshtuning.install()
 SERVER_VERSION = f"SSH-2.0-sftp-gateway_{__version__}"
 
 
@@ -44,6 +50,19 @@ def build_catalog(settings: Settings) -> Catalog:
     if settings.catalog.auto_migrate:
         upgrade(engine)
     return Catalog(engine)
+
+
+def usable_host_keys(server: ServerConfig) -> list[paramiko.PKey]:
+    """The host keys the crypto policy allows; a policy that leaves none fails at start."""
+    keys = crypto_policy.usable_host_keys(
+        server.crypto_policy, load_host_keys(server.host_keys_dir)
+    )
+    if not keys:
+        raise ConfigError(
+            f"server.crypto_policy: {server.crypto_policy} allows none of the host keys"
+            f" in {server.host_keys_dir}"
+        )
+    return keys
 
 
 class Gateway:
@@ -60,12 +79,25 @@ class Gateway:
         self.settings = settings
         self.storage = storage or S3Storage(settings.storage)
         self.catalog = catalog or build_catalog(settings)
-        self.active = ActiveUploads()
+        self.active = ActiveUploads(settings.uploads.max_concurrent_per_user)
+        self.uploads = UploadServices.from_settings(settings)  # one budget, one sender
         self.authenticator = Authenticator(self.catalog)
-        self.host_keys = load_host_keys(settings.server.host_keys_dir)
+        self.sessions = SessionRegistry()
+        sshcompat.install_fast_hmac()
+        self.host_keys = usable_host_keys(settings.server)
+        self.admission = Admission(
+            settings.server,
+            BanStore(self.catalog.engine),
+            user_exists=lambda name: self.catalog.get_user(name) is not None,
+        )
         self.background = [  # objects with start() and stop()
+            self.admission,
             *(background or []),
             PeriodicGc(settings, self.catalog, self.storage),
+            RevocationWatcher(
+                self.sessions, self.authenticator, settings.server.revocation_check_interval
+            ),
+            IdleWatcher(self.sessions, settings.server),
         ]
         self._listener: socket.socket | None = None
         self._transports: set[paramiko.Transport] = set()
@@ -137,6 +169,7 @@ class Gateway:
             transport.join(timeout=5)
         for worker in reversed(self.background):
             worker.stop()
+        self.uploads.close()
 
     # -- connections -----------------------------------------------------------------
 
@@ -153,31 +186,34 @@ class Gateway:
                 log.exception("accept failed")
                 time.sleep(0.1)
                 continue
-            if self._connection_count() >= self.settings.server.max_connections:
-                log.warning("refusing %s: max_connections reached", peer[0])
+            ticket = self.admission.admit(peer[0], sock)
+            if ticket is None:  # banned or over a limit: no Transport, no thread
                 sock.close()
                 continue
             threading.Thread(
-                target=self._handshake, args=(sock, peer[0]), name=f"ssh-{peer[0]}", daemon=True
+                target=self._handshake,
+                args=(sock, peer[0], ticket),
+                name=f"ssh-{peer[0]}",
+                daemon=True,
             ).start()
 
-    def _connection_count(self) -> int:
+    def _track(self, transport: paramiko.Transport) -> None:
+        """Remember open transports (closed at stop), forgetting the ended ones."""
         with self._lock:
             self._transports = {t for t in self._transports if t.is_active()}
-            return len(self._transports)
+            self._transports.add(transport)
 
-    def _handshake(self, sock: socket.socket, client_ip: str) -> None:
+    def _handshake(self, sock: socket.socket, client_ip: str, ticket: Ticket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         config = self.settings.server
-        transport = paramiko.Transport(
+        transport = sshcompat.server_transport(
             sock,
-            default_window_size=config.window_size,
-            default_max_packet_size=config.max_packet_size,
+            version=SERVER_VERSION,
+            max_packet_size=config.max_packet_size,
+            window_size=config.window_size,
+            timeout=config.auth_timeout,
+            disabled_algorithms=crypto_policy.disabled_algorithms(config.crypto_policy),
         )
-        transport.local_version = SERVER_VERSION
-        transport.banner_timeout = config.auth_timeout
-        transport.handshake_timeout = config.auth_timeout
-        transport.auth_timeout = config.auth_timeout
         for key in self.host_keys:
             transport.add_server_key(key)
         transport.set_subsystem_handler("sftp", GatewaySFTPServer, GatewaySFTPInterface)
@@ -187,13 +223,18 @@ class Gateway:
             self._filesystem_for,
             transport,
             exec_handler=handle_exec,
+            sessions=self.sessions,
+            ticket=ticket,
+            max_auth_tries=config.max_auth_tries,
         )
-        with self._lock:
-            self._transports.add(transport)
+        ticket.attach(transport)
+        self._track(transport)
         try:
             transport.start_server(server=server)
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            log.info("SSH handshake with %s failed: %s", client_ip, exc)
+            ticket.handshake_failed()
+            if not ticket.expired:
+                log.info("SSH handshake with %s failed: %s", client_ip, exc)
             transport.close()
 
     def _filesystem_for(self, principal: Principal, client: ClientInfo) -> UserFilesystem:
@@ -203,5 +244,6 @@ class Gateway:
             storage=self.storage,
             catalog=self.catalog,
             client=client,
-            active=self.active,
+            active=self.active.for_user(Owner(principal.name, client.ip)),
+            services=self.uploads,
         )

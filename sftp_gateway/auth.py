@@ -9,14 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import paramiko
 
+from sftp_gateway.keyoptions import KeyOptionError, parse_options, split_options
+
 if TYPE_CHECKING:
     from sftp_gateway.catalog.repository import Catalog
 
+log = logging.getLogger(__name__)
+LOOKS_LIKE_TYPE = ("ssh-", "ecdsa-", "sk-")
 PERMISSIONS = ("list", "read", "write", "overwrite", "delete", "rename", "mkdir")
 DEFAULT_PERMISSIONS = frozenset(PERMISSIONS)
 ACCEPTED_KEY_TYPES = (
@@ -36,6 +41,7 @@ class PublicKey:
     key_type: str
     blob: bytes
     comment: str | None
+    options: str | None = None  # authorized_keys options, validated (keyoptions.py)
 
     @property
     def fingerprint(self) -> str:
@@ -57,6 +63,7 @@ class Principal:
     permissions: frozenset[str]
     email: str | None = None
     key_fingerprint: str | None = None
+    key_options: str | None = None  # checked at login and by the revocation watcher
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
@@ -74,26 +81,29 @@ def parse_permissions(text: str) -> frozenset[str]:
 
 
 def parse_public_key(line: str) -> PublicKey:
-    """Parse one authorized_keys or .pub line; options before the type are skipped."""
-    fields = line.strip().split()
-    looks_like_type = ("ssh-", "ecdsa-", "sk-")
-    index = next((i for i, f in enumerate(fields) if f.startswith(looks_like_type)), None)
-    if index is None:
+    """Parse one authorized_keys or .pub line, with its options (validated, kept)."""
+    text = line.strip()
+    options = ""
+    if not text.startswith(LOOKS_LIKE_TYPE):
+        options, text = split_options(text)
+        parse_options(options)  # KeyOptionError (a ValueError) names the refused option
+    fields = text.split()
+    if not fields or not fields[0].startswith(LOOKS_LIKE_TYPE):
         raise ValueError("no key type found (expected e.g. ssh-ed25519 AAAA...)")
-    key_type = fields[index]
+    key_type = fields[0]
     if key_type not in ACCEPTED_KEY_TYPES:
         raise ValueError(f"key type {key_type} is not accepted")
-    if index + 1 >= len(fields):
+    if len(fields) < 2:
         raise ValueError("the key's base64 data is missing")
     try:
-        blob = base64.b64decode(fields[index + 1], validate=True)
+        blob = base64.b64decode(fields[1], validate=True)
         key = paramiko.PKey.from_type_string(key_type, blob)
     except (binascii.Error, paramiko.SSHException, ValueError) as exc:
         raise ValueError(f"the key data is not a valid {key_type} key") from exc
     if key_type == "ssh-rsa" and key.get_bits() < MIN_RSA_BITS:
         raise ValueError(f"RSA keys need at least {MIN_RSA_BITS} bits")
-    comment = " ".join(fields[index + 2 :]) or None
-    return PublicKey(key_type=key_type, blob=blob, comment=comment)
+    comment = " ".join(fields[2:]) or None
+    return PublicKey(key_type=key_type, blob=blob, comment=comment, options=options or None)
 
 
 def fingerprint_of(key: paramiko.PKey) -> str:
@@ -102,10 +112,41 @@ def fingerprint_of(key: paramiko.PKey) -> str:
 
 
 class Authenticator:
-    """Answers 'may this key log in as this user?' from the catalog."""
+    """Answers 'may this key log in as this user, from here, now?' from the catalog."""
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    def authenticate(self, username: str, key: paramiko.PKey) -> Principal | None:
-        return self._catalog.principal_for_key(username, fingerprint_of(key))
+    def authenticate(
+        self, username: str, key: paramiko.PKey, client_ip: str | None = None
+    ) -> Principal | None:
+        """The Principal, or None; a known key refused by its options logs why."""
+        fingerprint = fingerprint_of(key)
+        principal = self._catalog.principal_for_key(username, fingerprint)
+        if principal is None:
+            return None
+        refusal = options_refusal(principal, client_ip)
+        if refusal:
+            log.warning(
+                "auth failed for %s from %s: key %s %s", username, client_ip, fingerprint, refusal
+            )
+            return None
+        return principal
+
+    def revocation_reason(self, principal: Principal, client_ip: str | None) -> str | None:
+        """Why a logged-in principal may no longer be there (None: it still may)."""
+        current = self._catalog.principal_for_key(principal.name, principal.key_fingerprint or "")
+        if current is None:
+            if self._catalog.get_user(principal.name) is None:
+                return "user removed"
+            return f"key {principal.key_fingerprint} removed"
+        refusal = options_refusal(current, client_ip)
+        return f"key {principal.key_fingerprint} {refusal}" if refusal else None
+
+
+def options_refusal(principal: Principal, client_ip: str | None) -> str | None:
+    """Why the key's stored options refuse this login; an unreadable option refuses too."""
+    try:
+        return parse_options(principal.key_options).refusal(client_ip)
+    except KeyOptionError as exc:
+        return f"has options the gateway cannot read ({exc})"

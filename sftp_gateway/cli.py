@@ -100,10 +100,14 @@ def serve(config_path: Path | None) -> None:
 @config_option
 @reports_errors
 def check_config(config_path: Path | None) -> None:
-    """Validate the config file and say so."""
+    """Validate the config file and say so, with the SSH algorithms it offers."""
+    from sftp_gateway.crypto_policy import describe
+
     settings = _settings(config_path)
     settings.notifier.password()
     click.echo(f"config OK: listen {settings.server.listen}, bucket {settings.storage.bucket}")
+    for line in describe(settings.server.crypto_policy):
+        click.echo(line)
 
 
 @main.command()
@@ -225,7 +229,8 @@ def users_add_key(name: str, key_path: Path, config_path: Path | None) -> None:
     """Give a user another public key."""
     key = _read_key(key_path)
     _catalog(_settings(config_path)).add_key(name, key)
-    click.echo(f"added key {key.fingerprint} to {name}")
+    options = f" with options {key.options}" if key.options else ""
+    click.echo(f"added key {key.fingerprint} to {name}{options}")
 
 
 @users.command("remove-key")
@@ -267,7 +272,12 @@ def users_list(as_json: bool, config_path: Path | None) -> None:
                         "permissions": sorted(u.permissions),
                         "created_at": u.created_at.isoformat(),
                         "keys": [
-                            {"type": k.key_type, "fingerprint": k.fingerprint, "comment": k.comment}
+                            {
+                                "type": k.key_type,
+                                "fingerprint": k.fingerprint,
+                                "comment": k.comment,
+                                "options": k.options,
+                            }
                             for k in u.keys
                         ],
                     }
@@ -278,7 +288,9 @@ def users_list(as_json: bool, config_path: Path | None) -> None:
         )
         return
     for u in records:
-        keys = ", ".join(k.fingerprint for k in u.keys)
+        keys = ", ".join(
+            f"{k.options} {k.fingerprint}" if k.options else k.fingerprint for k in u.keys
+        )
         perms = ",".join(sorted(u.permissions))
         click.echo(f"{u.name}\t{u.email or '-'}\t{u.home}/\t{perms}\t{keys}")
 
@@ -395,3 +407,51 @@ def db_upgrade(config_path: Path | None) -> None:
     settings = _settings(config_path)
     upgrade(make_engine(settings.catalog.url))
     click.echo("catalog schema is up to date")
+
+
+# -- bans ----------------------------------------------------------------------------
+
+
+@main.group()
+def bans() -> None:
+    """Addresses banned after failed logins (shared by every instance on the catalog)."""
+
+
+def _ban_store(config_path: Path | None):  # type: ignore[no-untyped-def]
+    from sftp_gateway.catalog.bans import BanStore
+
+    return BanStore(_catalog(_settings(config_path)).engine)
+
+
+@bans.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@reports_errors
+def bans_list(as_json: bool, config_path: Path | None) -> None:
+    """List active bans: address, until, score, reason."""
+    records = _ban_store(config_path).active_bans()
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    for r in records:
+        until = r.banned_until.isoformat(timespec="seconds")
+        click.echo(f"{r.address}\t{until}\t{r.score}\t{r.reason or '-'}")
+
+
+@bans.command("remove")
+@click.argument("address")
+@config_option
+@reports_errors
+def bans_remove(address: str, config_path: Path | None) -> None:
+    """Lift the ban on ADDRESS (and forget its scores)."""
+    import ipaddress
+
+    try:
+        normalised = str(ipaddress.ip_address(address.strip()))
+    except ValueError:
+        raise click.BadParameter(
+            f"{address!r} is not an IP address", param_hint="ADDRESS"
+        ) from None
+    if not _ban_store(config_path).remove_ban(normalised):
+        fail(f"{normalised} is not banned", 1)
+    click.echo(f"removed ban on {normalised}")

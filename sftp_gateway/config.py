@@ -6,6 +6,7 @@ Everything is checked at start-up, so a typo fails fast with a line naming the f
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -24,12 +25,11 @@ from pydantic import (
 )
 
 from sftp_gateway.errors import ConfigError
+from sftp_gateway.s3limits import MAX_PART_SIZE, MIN_PART_SIZE
 
 ENV_PREFIX = "SFTP_GATEWAY__"
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 MIB = 1024 * 1024
-S3_MIN_PART = 5 * MIB
-S3_MAX_PART = 5 * 1024 * MIB
 
 _SIZE_UNITS = {
     "": 1,
@@ -71,18 +71,86 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class BanConfig(_Section):
+    """Brute-force ban (SFTPGo's defender): scores per address, shared in the catalog."""
+
+    enabled: bool = True
+    threshold: int = Field(default=15, ge=1)  # points within `window` that ban an address
+    window: float = Field(default=1800.0, gt=0)
+    duration: float = Field(default=1800.0, gt=0)
+    allow_list: list[str] = Field(default_factory=list)  # CIDR networks never banned
+    score_invalid_user: int = Field(default=2, ge=0)
+    score_failed_key: int = Field(default=1, ge=0)
+    score_protocol_error: int = Field(default=3, ge=0)
+    score_no_auth: int = Field(default=0, ge=0)
+    score_refused: int = Field(default=1, ge=0)
+
+    @field_validator("allow_list")
+    @classmethod
+    def _check_networks(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            try:
+                out.append(str(ipaddress.ip_network(str(value).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network such as 10.0.0.0/8") from None
+        return out
+
+    def allows(self, address: str) -> bool:
+        """True when `address` is in the allow list (never scored, never banned)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(net) for net in self.allow_list)
+
+
+def parse_max_startups(value: Any) -> tuple[int, int, int]:
+    """sshd's MaxStartups: `start:rate:full`, or `n` alone (refuse beyond n)."""
+    parts = str(value).strip().split(":")
+    if len(parts) == 1:
+        parts = [parts[0], "100", parts[0]]
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{value!r} is not start:rate:full such as 10:30:100")
+    start, rate, full = (int(p) for p in parts)
+    if not 1 <= start <= full or not 1 <= rate <= 100:
+        raise ValueError(f"{value!r}: need 1 <= start <= full and rate in 1..100")
+    return start, rate, full
+
+
 class ServerConfig(_Section):
     listen: str = "0.0.0.0:2222"
     host_keys_dir: Path = Path("keys")
+    # Authenticated connections; unauthenticated ones are limited by max_startups.
     max_connections: int = Field(default=256, ge=1)
+    # Login grace time: a connection not authenticated within it is closed.
     auth_timeout: float = Field(default=30.0, gt=0)
+    # Unauthenticated connections (sshd MaxStartups): beyond `start`, refuse new ones
+    # with probability rate% rising linearly to 100% at `full`.
+    max_startups: str = "10:30:100"
+    per_source_max_startups: int = Field(default=10, ge=1)
+    max_auth_tries: int = Field(default=6, ge=1, le=100)
+    ban: BanConfig = Field(default_factory=BanConfig)
     # SSH flow control: the window bounds the bytes a client may have in flight per
     # channel, so it bounds memory per upload; larger packets cut per-packet overhead.
     window_size: Size = Field(default=8 * MIB, ge=64 * 1024)
     max_packet_size: Size = Field(default=256 * 1024, ge=32 * 1024, le=1024 * 1024)
+    # The SSH algorithms offered (crypto_policy.py): modern, fips, or compat (old clients).
+    crypto_policy: Literal["modern", "fips", "compat"] = "modern"
     drain_timeout: float = Field(default=30.0, ge=0)
     # Names this process in the catalog, so a restart recovers only its own uploads.
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    # Seconds between re-checks of open sessions: a removed user or key, or a key whose
+    # from=/expiry-time= no longer pass, has its sessions closed.
+    revocation_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    # Limits after login (sshd MaxSessions; OpenSSH sftp-server's open-handle cap).
+    max_sessions: int = Field(default=10, ge=1, le=1000)  # session channels per connection
+    max_handles_per_session: int = Field(default=64, ge=1, le=10_000)  # files + dirs
+    # An authenticated connection with no channel traffic for this long is closed
+    # (SFTPGo idle_timeout, sshd ChannelTimeout); 0 disables.
+    idle_timeout: float = Field(default=900.0, ge=0)
+    # SSH keepalive sent after this many quiet seconds (sshd ClientAliveInterval); 0: off.
+    keepalive_interval: float = Field(default=30.0, ge=0)
 
     @field_validator("listen")
     @classmethod
@@ -91,6 +159,17 @@ class ServerConfig(_Section):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"{value!r} is not host:port")
         return value
+
+    @field_validator("max_startups")
+    @classmethod
+    def _check_max_startups(cls, value: str) -> str:
+        parse_max_startups(value)
+        return str(value).strip()
+
+    @property
+    def startups(self) -> tuple[int, int, int]:
+        """max_startups as (start, rate, full)."""
+        return parse_max_startups(self.max_startups)
 
     @property
     def host(self) -> str:
@@ -124,7 +203,7 @@ class StorageConfig(_Section):
     @field_validator("part_size")
     @classmethod
     def _check_part_size(cls, value: int) -> int:
-        if not S3_MIN_PART <= value <= S3_MAX_PART:
+        if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
             raise ValueError("must be between 5MiB and 5GiB (S3's multipart limits)")
         return value
 
@@ -177,6 +256,12 @@ class NotifierConfig(_Section):
     # A CA bundle to verify the SMTP server's certificate (default: the system's).
     ca_file: Path | None = None
     timeout: float = Field(default=30.0, gt=0)
+    # A message that cannot be parsed or rendered is deleted (one ERROR line) once SQS
+    # has delivered it this many times; 0 leaves it to the queue's dead-letter redrive.
+    max_receives: int = Field(default=5, ge=0, le=1000)
+    # upload.failed emails per uploading user per hour (per notifier process); beyond
+    # it the event is logged and deleted without an email. 0: no limit.
+    failure_email_limit: int = Field(default=10, ge=0)
 
     @model_validator(mode="after")
     def _tls_choice(self) -> NotifierConfig:
@@ -206,6 +291,30 @@ class UploadsConfig(_Section):
     # Out-of-order writes wait in memory up to reorder_memory, then in a temporary file.
     reorder_memory: Size = 4 * MIB
     reorder_spill: Size = 256 * MIB
+    # Files one user may have open for writing at once, SFTP and SCP, in this process
+    # (fairness; SFTPGo's per-user max_sessions). Parallel clients use 2-10.
+    max_concurrent_per_user: int = Field(default=16, ge=1, le=10_000)
+    # One memory budget for the buffers of all uploads of the process (part buffers,
+    # small files before their first part, in-memory reordered writes). When it is
+    # spent, writers wait (backpressure) up to memory_wait_timeout, then the WRITE fails.
+    memory_budget: Size = Field(default=512 * MIB, ge=16 * MIB)
+    # The most of it one user's uploads may hold; None: a quarter of memory_budget.
+    memory_per_user: Size | None = None
+    memory_wait_timeout: float = Field(default=60.0, ge=0)
+    # Disk for out-of-order writes spilled to temporary files, across all uploads.
+    spill_budget: Size = 2048 * MIB
+    # Threads sending parts to S3 for all uploads of the process (one shared pool).
+    sender_threads: int = Field(default=32, ge=1, le=1024)
+
+    @property
+    def per_user_memory(self) -> int:
+        return self.memory_per_user or self.memory_budget // 4
+
+    @model_validator(mode="after")
+    def _share_within_budget(self) -> UploadsConfig:
+        if self.memory_per_user is not None and self.memory_per_user > self.memory_budget:
+            raise ValueError("memory_per_user cannot exceed memory_budget")
+        return self
 
     @field_validator("allowed_extensions")
     @classmethod
@@ -226,6 +335,16 @@ class Settings(_Section):
     events: EventsConfig = Field(default_factory=EventsConfig)
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
     uploads: UploadsConfig = Field(default_factory=UploadsConfig)
+
+    @model_validator(mode="after")
+    def _share_holds_a_part(self) -> Settings:
+        """An upload needs at least one part buffer from its user's share."""
+        if self.uploads.per_user_memory < self.storage.part_size:
+            raise ValueError(
+                "uploads.memory_per_user (default: a quarter of uploads.memory_budget) "
+                "must hold at least one storage.part_size"
+            )
+        return self
 
 
 def _format_validation_error(err: ValidationError) -> str:

@@ -34,6 +34,8 @@ from sftp_gateway.transfer import (
     check_name_allowed,
     metadata_safe_name,
 )
+from sftp_gateway.upload.budget import Owner
+from sftp_gateway.upload.services import UploadServices
 
 FILE_MODE = stat_mode.S_IFREG | 0o644
 DIR_MODE = stat_mode.S_IFDIR | 0o755
@@ -68,6 +70,7 @@ class UserFilesystem:
         catalog: Catalog,
         client: ClientInfo,
         active: ActiveUploads,
+        services: UploadServices,
     ) -> None:
         self.principal = principal
         self.settings = settings
@@ -75,6 +78,7 @@ class UserFilesystem:
         self.catalog = catalog
         self.client = client
         self.active = active
+        self.services = services  # the process's memory budget and part sender
         self.jail = Jail.for_home(settings.storage.prefix, principal.home)
 
     # -- looking ---------------------------------------------------------------------
@@ -210,6 +214,8 @@ class UserFilesystem:
             visible_key=visible_key,
             registry=self.active,
             settings=self.settings,
+            services=self.services,
+            owner=Owner(self.principal.name, self.client.ip),
             truncate=truncate,
             append=append,
             temporary=temporary,
@@ -266,6 +272,7 @@ class UserFilesystem:
             client=self.client,
             path=path,
             key=key,
+            services=self.services,
             expected_size=expected_size,
             resume=resume,
         )

@@ -15,6 +15,51 @@ from sftp_gateway.errors import InvalidRequest, PermissionDenied
 
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
+_NAMED = {
+    0x0085: "a next-line control character",
+    0x2028: "a line separator character",
+    0x2029: "a paragraph separator character",
+    0x202A: "a left-to-right embedding character",
+    0x202B: "a right-to-left embedding character",
+    0x202C: "a pop-directional-formatting character",
+    0x202D: "a left-to-right override character",
+    0x202E: "a right-to-left override character",
+    0x2066: "a left-to-right isolate character",
+    0x2067: "a right-to-left isolate character",
+    0x2068: "a first-strong isolate character",
+    0x2069: "a pop-directional-isolate character",
+    0x200E: "a left-to-right mark character",
+    0x200F: "a right-to-left mark character",
+    0x061C: "an Arabic letter mark character",
+    0x200B: "a zero-width space character",
+    0x200C: "a zero-width non-joiner character",
+    0x200D: "a zero-width joiner character",
+    0x2060: "a word joiner character",
+    0xFEFF: "a zero-width no-break space (byte order mark) character",
+}
+
+
+def hostile_character(ch: str) -> str | None:
+    """What kind of character `ch` is, if a name must not contain it.
+
+    Control characters break logs and emails (U+2028 cannot be in a mail header);
+    bidi controls and zero-width characters make `invoice\u202efdp.exe` look like a PDF
+    or two different names look the same to the people who read them.
+    """
+    code = ord(ch)
+    if code in _NAMED:
+        return _NAMED[code]
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return "a control character"
+    return None
+
+
+def reject_hostile_characters(path: str) -> None:
+    """InvalidRequest naming the first character a file name may not hold."""
+    for ch in path:
+        kind = hostile_character(ch)
+        if kind:
+            raise InvalidRequest(f"file name contains {kind} (U+{ord(ch):04X})")
 
 
 def normalize(path: str | bytes, cwd: str = "/") -> str:
@@ -24,8 +69,7 @@ def normalize(path: str | bytes, cwd: str = "/") -> str:
             path = path.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequest("path is not valid UTF-8") from None
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in path):
-        raise InvalidRequest("path contains control characters")
+    reject_hostile_characters(path)
     path = unicodedata.normalize("NFC", path).replace("\\", "/")
     joined = posixpath.join(cwd, path) if not path.startswith("/") else path
     # normpath keeps a leading '//' (POSIX allows it); fold it: there is one root.

@@ -27,7 +27,7 @@ import paramiko
 
 from sftp_gateway.errors import GatewayError, NotFound
 from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
-from sftp_gateway.transfer import FileWriter
+from sftp_gateway.transfer import FileWriter, check_declared_size
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ WARNING = b"\x01"
 FATAL = b"\x02"
 CHUNK = 256 * 1024
 MAX_LINE = 64 * 1024
+MAX_SIZE_DIGITS = 20  # a C line's size: 2**64 has 20 digits
 # paramiko sends its reply to the exec request only after our handler returns; a
 # refusal waits this long so that the reply precedes our exit status and close.
 REPLY_GRACE_SECONDS = 0.05
@@ -349,6 +350,7 @@ class ScpSession:
         _, size, name = _parse_entry(rest)
         path = posixpath.join(here, name) if here_is_dir else here
         try:
+            self._check_announced_size(path, size)
             upload = self.fs.open_upload(path, expected_size=size)
         except GatewayError as exc:
             self.warn(_about(path, exc))  # the client skips the file's bytes
@@ -375,6 +377,22 @@ class ScpSession:
             self.warn(f"{path}: {failure}")
         else:
             self.ok()
+
+    def _check_announced_size(self, path: str, size: int) -> None:
+        """The C line names the size before any byte: refuse a file that may not be
+        that big now, before anything exists in S3 or the catalog."""
+        try:
+            check_declared_size(size, self.fs.settings.uploads.max_file_size)
+        except GatewayError as exc:
+            log.warning(
+                "refused scp upload of %s by %s from %s: %s (announced %d bytes)",
+                path,
+                self.fs.principal.name,
+                self.fs.client.ip or "unknown",
+                exc,
+                size,
+            )
+            raise
 
     def _receive(self, upload: FileWriter, size: int) -> str | None:
         """Feed the bytes to the upload as they come; after a refusal, drain the rest
@@ -525,8 +543,12 @@ def _parse_times(rest: str) -> Times:
 def _parse_entry(rest: str) -> tuple[int, int, str]:
     """`<mode> <size> <name>` of a C or D line; the name must be one plain segment."""
     parts = rest.split(" ", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+    # ASCII digits only, and few of them: int() of thousands of digits is an error
+    # (and "²".isdigit() is true), both would end the session as an internal error.
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()):
         raise ProtocolError(f"bad file line: {rest[:60]}")
+    if len(parts[1]) > MAX_SIZE_DIGITS:
+        raise ProtocolError(f"file size out of range in: {rest[:60]}")
     try:
         mode = int(parts[0], 8)
     except ValueError:

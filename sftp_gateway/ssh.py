@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import paramiko
 
-from sftp_gateway.auth import Authenticator, Principal
+from sftp_gateway.auth import Authenticator, Principal, fingerprint_of
 from sftp_gateway.filesystem import UserFilesystem
+from sftp_gateway.idle import ConnectionActivity
+from sftp_gateway.sessions import SessionRegistry
 from sftp_gateway.transfer import ClientInfo
 
+if TYPE_CHECKING:
+    from sftp_gateway.admission import Ticket
+
 log = logging.getLogger(__name__)
-MAX_AUTH_FAILURES = 6
+MAX_CLIENT_VERSION = 255  # the catalog's client_version column
+
+
+def safe_client_version(transport: paramiko.Transport) -> str | None:
+    """The client's banner as stored and shown: printable ASCII, at most 255 chars."""
+    raw = transport.remote_version
+    if raw is None:
+        return None
+    printable = "".join(ch if " " <= ch <= "~" else "?" for ch in str(raw))
+    return printable[:MAX_CLIENT_VERSION]
 
 
 class GatewayServer(paramiko.ServerInterface):
@@ -29,19 +44,26 @@ class GatewayServer(paramiko.ServerInterface):
         make_filesystem: Callable[[Principal, ClientInfo], UserFilesystem],
         transport: paramiko.Transport,
         exec_handler: Callable[[GatewayServer, paramiko.Channel, bytes], bool] | None = None,
+        sessions: SessionRegistry | None = None,
+        ticket: Ticket | None = None,
+        max_auth_tries: int = 6,
     ) -> None:
         self._authenticator = authenticator
         self._make_filesystem = make_filesystem
         self._transport = transport
         self._exec_handler = exec_handler
+        self._sessions = sessions
+        self._ticket = ticket  # admission: scores failures for the brute-force ban
+        self._max_auth_tries = max_auth_tries
         self.client_ip = client_ip
         self.principal: Principal | None = None
         self._failures = 0
         self._fs: UserFilesystem | None = None
+        self.activity = ConnectionActivity()  # channel traffic, for the idle timeout
 
     @property
     def client_info(self) -> ClientInfo:
-        return ClientInfo(ip=self.client_ip, version=self._transport.remote_version)
+        return ClientInfo(ip=self.client_ip, version=safe_client_version(self._transport))
 
     def filesystem(self) -> UserFilesystem:
         """The user's filesystem, shared by every channel of this connection."""
@@ -56,17 +78,39 @@ class GatewayServer(paramiko.ServerInterface):
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         try:
-            principal = self._authenticator.authenticate(username, key)
+            principal = self._authenticator.authenticate(username, key, self.client_ip)
         except Exception:
             log.exception("authentication lookup failed for %s", username)
             return paramiko.AUTH_FAILED
         if principal is None:
-            self._failures += 1
-            if self._failures >= MAX_AUTH_FAILURES:
-                self._transport.close()
-            return paramiko.AUTH_FAILED
+            return self._auth_failed(username, key)
         self.principal = principal
+        if self._sessions is not None:  # so removing the user or key ends this session
+            self._sessions.register(self._transport, principal, self.client_ip)
         return paramiko.AUTH_SUCCESSFUL
+
+    def _auth_failed(self, username: str, key: paramiko.PKey) -> int:
+        """Count a refused key as sshd does (an offered key counts even unsigned);
+        at server.max_auth_tries the connection is closed."""
+        self._failures += 1
+        what = self._ticket.auth_failed(username) if self._ticket else "key refused"
+        log.warning(
+            "auth failed for %s from %s: %s, key %s (attempt %d of %d)",
+            username,
+            self.client_ip,
+            what,
+            fingerprint_of(key),
+            self._failures,
+            self._max_auth_tries,
+        )
+        if self._failures >= self._max_auth_tries:
+            log.warning(
+                "refused %s: too many authentication failures (%d)",
+                self.client_ip,
+                self._failures,
+            )
+            self._transport.close()
+        return paramiko.AUTH_FAILED
 
     def check_auth_none(self, username: str) -> int:
         return paramiko.AUTH_FAILED
@@ -75,18 +119,27 @@ class GatewayServer(paramiko.ServerInterface):
         return paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        if kind == "session":
-            return paramiko.OPEN_SUCCEEDED
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        """Session channels only, at most `server.max_sessions` open at once (sshd
+        MaxSessions): each one can hold an SFTP thread and its buffers."""
+        if kind != "session" or self.principal is None:
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        limit = self.filesystem().settings.server.max_sessions
+        if open_channels(self._transport) >= limit:
+            who, text = self.principal.name, f"too many sessions on one connection (limit {limit})"
+            log.warning("channel refused for %s from %s: %s", who, self.client_ip, text)
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return paramiko.OPEN_SUCCEEDED
 
     def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
         if name != "sftp" or self.principal is None:
             return False
+        self.activity.watch(channel)
         return bool(super().check_channel_subsystem_request(channel, name))
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         if self.principal is None or self._exec_handler is None:
             return False
+        self.activity.watch(channel)
         return self._exec_handler(self, channel, command)
 
     def check_channel_env_request(
@@ -108,3 +161,9 @@ class GatewayServer(paramiko.ServerInterface):
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin, destination) -> int:  # type: ignore[no-untyped-def]
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+
+def open_channels(transport: paramiko.Transport) -> int:
+    """Channels open on this connection now; paramiko drops a channel from its map as
+    soon as the client closes it. Private paramiko API: `Transport._channels`."""
+    return len(transport._channels)

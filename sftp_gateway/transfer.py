@@ -15,6 +15,7 @@ Two layers:
 
 from __future__ import annotations
 
+import copy
 import logging
 import mimetypes
 import threading
@@ -38,8 +39,11 @@ from sftp_gateway.catalog.repository import (
 from sftp_gateway.config import Settings
 from sftp_gateway.errors import GatewayError, InvalidRequest, QuotaExceeded, UploadRejected
 from sftp_gateway.events.schema import iso
+from sftp_gateway.s3limits import MAX_OBJECT_SIZE, part_size_for
 from sftp_gateway.storage.base import Part, Storage
+from sftp_gateway.upload.budget import Owner, ServerBusy
 from sftp_gateway.upload.reorder import ReorderBuffer
+from sftp_gateway.upload.services import UploadServices
 from sftp_gateway.upload.stream import Checkpoint, StreamResult, UploadStream
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,14 @@ def check_name_allowed(path: str, allowed_extensions: list[str]) -> None:
         raise UploadRejected(f"only {', '.join(allowed_extensions)} files may be uploaded here")
 
 
+def check_declared_size(size: int, max_file_size: int) -> None:
+    """Refuse a size announced before any byte (SCP's C line) that the file may not
+    reach: the limit, and S3's own 5 TiB, decide before anything is created."""
+    limit = min(max_file_size, MAX_OBJECT_SIZE)
+    if size > limit:
+        raise QuotaExceeded(f"file exceeds the maximum size of {_human(limit)}")
+
+
 def checkpoint_of(record: UploadRecord) -> Checkpoint:
     """The resume point stored in the catalog for an interrupted upload."""
     state = record.resume_state or {}
@@ -100,22 +112,61 @@ def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, object]:
 
 
 class ActiveUploads:
-    """Files open for writing in this process, by visible key: STAT shows their size."""
+    """Files open for writing in this process, by visible key: STAT shows their size.
 
-    def __init__(self) -> None:
+    It also caps the files one user has open for writing (`max_per_user`, fairness):
+    `for_user()` gives a session a view of the same registry that charges its claims
+    to that user, so SFTP and SCP are counted alike without knowing about it.
+    """
+
+    def __init__(self, max_per_user: int | None = None) -> None:
         self._by_key: dict[str, FileWriter] = {}
+        self._owner_of: dict[str, str] = {}  # key -> user it is charged to
+        self._per_user: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.max_per_user = max_per_user
+        self.owner: Owner | None = None
+
+    def for_user(self, owner: Owner) -> ActiveUploads:
+        """The same registry (shared state), charging claims made through it to owner."""
+        view = copy.copy(self)
+        view.owner = owner
+        return view
 
     def claim(self, key: str, writer: FileWriter) -> None:
         with self._lock:
             if key in self._by_key:
                 raise InvalidRequest("this file is being uploaded by another session")
+            if self.owner is not None:
+                self._charge(self.owner, key)
             self._by_key[key] = writer
+
+    def _charge(self, owner: Owner, key: str) -> None:
+        """Count one more open upload for owner.user, or refuse it past the cap."""
+        count = self._per_user.get(owner.user, 0)
+        if self.max_per_user is not None and count >= self.max_per_user:
+            text = f"too many uploads in progress (limit {self.max_per_user}); close one first"
+            log.warning("upload refused for %s from %s: %s", owner.user, owner.source, text)
+            raise QuotaExceeded(text)
+        self._per_user[owner.user] = count + 1
+        self._owner_of[key] = owner.user
 
     def release(self, key: str, writer: FileWriter) -> None:
         with self._lock:
             if self._by_key.get(key) is writer:
                 del self._by_key[key]
+                user = self._owner_of.pop(key, None)
+                if user is not None:
+                    remaining = self._per_user[user] - 1
+                    if remaining:
+                        self._per_user[user] = remaining
+                    else:
+                        del self._per_user[user]
+
+    def open_by(self, user: str) -> int:
+        """Files `user` has open for writing now."""
+        with self._lock:
+            return self._per_user.get(user, 0)
 
     def get(self, key: str) -> FileWriter | None:
         with self._lock:
@@ -139,6 +190,7 @@ class Upload:
         client: ClientInfo,
         path: str,
         key: str,
+        services: UploadServices,
         expected_size: int | None = None,
         resume: UploadRecord | None = None,
     ) -> None:
@@ -165,13 +217,17 @@ class Upload:
             checkpoint = checkpoint_of(resume)
             catalog.update_upload(self.id, status=IN_PROGRESS, error=None)
             log.info("resuming upload %s of %s at byte %d", self.id, key, checkpoint.size)
+        part_size = checkpoint.part_size if checkpoint else self._part_size(expected_size)
+        concurrency = settings.storage.max_concurrency
         self.stream = UploadStream(
             storage,
             key,
-            part_size=_part_size_for(settings, expected_size),
-            max_concurrency=settings.storage.max_concurrency,
+            part_size=part_size,
+            max_concurrency=concurrency,
             metadata=self._metadata(principal, client),
             content_type=self.content_type,
+            sender=services.sender,
+            lease=services.upload_lease(Owner(principal.name, client.ip), part_size, concurrency),
             on_multipart_created=self._record_multipart,
             on_checkpoint=self._record_checkpoint,
             resume=checkpoint,
@@ -202,7 +258,7 @@ class Upload:
 
     def check_size(self, end: int) -> None:
         """Refuse (and end the upload) as soon as a byte would pass the size limit."""
-        limit = self._limits.max_file_size
+        limit = min(self._limits.max_file_size, MAX_OBJECT_SIZE)
         if end > limit:
             self.reject(QuotaExceeded(f"file exceeds the maximum size of {_human(limit)}"))
 
@@ -253,9 +309,14 @@ class Upload:
     # -- internals -------------------------------------------------------------------
 
     def _guard(self, action: Callable[..., object], *args: object):  # type: ignore[no-untyped-def]
-        """Run a stream action; any failure ends the upload (aborted) and reaches the client."""
+        """Run a stream action; any failure ends the upload (aborted) and reaches the client.
+        A busy server is temporary: the parts already in S3 stay resumable."""
         try:
             return action(*args)
+        except ServerBusy as exc:
+            self.abandon(str(exc))
+            self._failure = exc
+            raise
         except GatewayError as exc:
             self._fail(FAILED, str(exc))
             self._failure = exc
@@ -283,6 +344,11 @@ class Upload:
             content_type=self.content_type,
             owner=self.settings.server.instance_id,
         )
+
+    def _part_size(self, expected_size: int | None) -> int:
+        """The configured part size, raised when an announced size (SCP's C line)
+        would need more than S3's 10,000 parts."""
+        return part_size_for(self.settings.storage.part_size, expected_size)
 
     def _metadata(self, principal: Principal, client: ClientInfo) -> dict[str, str]:
         return {
@@ -375,6 +441,8 @@ class FileWriter:
         visible_key: str,
         registry: ActiveUploads,
         settings: Settings,
+        services: UploadServices,
+        owner: Owner,
         truncate: bool = True,
         append: bool = False,
         temporary: bool = False,
@@ -396,7 +464,10 @@ class FileWriter:
         self.started_at = utcnow()
         self._registry = registry
         self._reorder = ReorderBuffer(
-            settings.uploads.reorder_memory, settings.uploads.reorder_spill
+            settings.uploads.reorder_memory,
+            settings.uploads.reorder_spill,
+            memory=services.memory.lease(owner),
+            disk=services.spill.lease(owner),
         )
         registry.claim(visible_key, self)
 
@@ -497,15 +568,6 @@ class FileWriter:
     def _release(self) -> None:
         self._reorder.close()
         self._registry.release(self.visible_key, self)
-
-
-def _part_size_for(settings: Settings, expected_size: int | None) -> int:
-    """The configured part size, raised when a known size would need over 10,000 parts."""
-    part_size = settings.storage.part_size
-    if expected_size:
-        needed = -(-expected_size // 10_000)
-        part_size = max(part_size, needed)
-    return part_size
 
 
 def _human(size: int) -> str:

@@ -92,9 +92,7 @@ class ServeProcess:
             "-",
             f"{user or self.user}@127.0.0.1",
         ]
-        return subprocess.run(
-            args, input=commands, text=True, capture_output=True, timeout=timeout
-        )
+        return subprocess.run(args, input=commands, text=True, capture_output=True, timeout=timeout)
 
     def s3(self) -> Any:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
@@ -143,9 +141,7 @@ def start_serve(
     config["server"]["listen"] = f"127.0.0.1:{port}"
     config_path = tmp / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-        Bucket=bucket
-    )
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     key_path = make_user_key(tmp / "userkeys")
     add_user_cli(config_path, "alice", key_path)
     log_path = tmp / "serve.log"

@@ -8,11 +8,11 @@ import os
 import paramiko.packet
 import pytest
 
-from sftp_gateway import sshtuning
+from sftp_gateway import sshcompat
 
 
 @pytest.mark.parametrize("digest", [hashlib.md5, hashlib.sha1, hashlib.sha256, hashlib.sha512])
 def test_compute_hmac_matches_paramiko(digest) -> None:  # type: ignore[no-untyped-def]
     key, message = os.urandom(64), os.urandom(300_000)
     original = paramiko.packet.HMAC(key, message, digest).digest()
-    assert sshtuning.compute_hmac(key, message, digest) == original
+    assert sshcompat.compute_hmac(key, message, digest) == original

@@ -125,7 +125,8 @@ def _upload_record(row: UploadRow) -> UploadRecord:
 
 def _user_record(row: UserRow) -> UserRecord:
     keys = tuple(
-        PublicKey(key.key_type, _key_blob(key.public_key), key.comment) for key in row.keys
+        PublicKey(key.key_type, _key_blob(key.public_key), key.comment, key.options)
+        for key in row.keys
     )
     return UserRecord(
         name=row.name,
@@ -211,21 +212,24 @@ class Catalog:
             return _user_record(row) if row else None
 
     def principal_for_key(self, name: str, fingerprint: str) -> Principal | None:
-        """The user `name` if it holds the key with this fingerprint, else None."""
+        """The user `name` if it holds the key with this fingerprint, else None; the key's
+        options ride along for the caller to check (from=, expiry-time=)."""
         with self._tx() as session:
-            row = session.execute(
-                select(UserRow)
+            found = session.execute(
+                select(UserRow, UserKeyRow.options)
                 .join(UserKeyRow)
                 .where(UserRow.name == name, UserKeyRow.fingerprint == fingerprint)
-            ).scalar_one_or_none()
-            if row is None:
+            ).one_or_none()
+            if found is None:
                 return None
+            row, options = found
             return Principal(
                 name=row.name,
                 home=row.home,
                 permissions=frozenset(p for p in row.permissions.split(",") if p),
                 email=row.email,
                 key_fingerprint=fingerprint,
+                key_options=options,
             )
 
     @staticmethod
@@ -477,6 +481,7 @@ def _key_row(key: PublicKey, now: datetime) -> UserKeyRow:
         key_type=key.key_type,
         public_key=key.line,
         comment=key.comment,
+        options=key.options,
         created_at=now,
     )
 

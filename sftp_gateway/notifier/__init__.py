@@ -2,7 +2,9 @@
 
 `lambda_handler` is the same logic for an AWS Lambda SQS event source: it reports the
 messages to keep as `batchItemFailures` (enable ReportBatchItemFailures on the
-mapping), so only emailed messages are deleted. Its config comes from
+mapping), so only emailed messages are deleted; an unreadable message is reported as a
+failure until its `notifier.max_receives`-th delivery (the record's
+ApproximateReceiveCount), then dropped with one ERROR line. Its config comes from
 $SFTP_GATEWAY_CONFIG (or config/gateway.yaml) when that file exists, else from the
 `SFTP_GATEWAY__*` environment variables alone.
 """
@@ -21,6 +23,14 @@ _handler: LambdaHandler | None = None
 _NOTIFIER_ONLY_DEFAULTS = {"storage": {"bucket": "unused-by-the-notifier"}}
 
 
+def _receive_count(record: dict[str, Any]) -> int:
+    """ApproximateReceiveCount from an SQS event record's attributes (1 if absent)."""
+    try:
+        return max(1, int(record.get("attributes", {}).get("ApproximateReceiveCount", 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
 def make_lambda_handler(processor: EventProcessor) -> LambdaHandler:
     """A Lambda handler over a ready processor (tests build one with their own sender)."""
 
@@ -33,7 +43,8 @@ def make_lambda_handler(processor: EventProcessor) -> LambdaHandler:
                 # FIFO order: after one failure, the rest of the group must wait too.
                 failures.append({"itemIdentifier": message_id})
                 continue
-            if processor.handle(record.get("body", ""), message_id) is not Outcome.DONE:
+            outcome = processor.handle(record.get("body", ""), message_id, _receive_count(record))
+            if not outcome.deletes:
                 failures.append({"itemIdentifier": message_id})
         return {"batchItemFailures": failures}
 

@@ -1,27 +1,94 @@
 """One message in, one decision out: shared by the long-polling worker and the Lambda.
 
-DONE means the message may be deleted (emailed now, or already emailed before).
+DONE means the message may be deleted (emailed now, already emailed before, or a
+failure email over the per-user limit).
 RETRY means sending failed (SMTP down or refusing): keep it, SQS redelivers it.
-MALFORMED means we cannot read it: keep it, so the redrive policy moves it to a DLQ.
+MALFORMED means we cannot parse or render it: keep it for now (the queue's redrive
+policy may move it to a dead-letter queue).
+DROPPED means it was MALFORMED on its `notifier.max_receives`-th delivery: delete it,
+so no message is retried forever because of its content.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import threading
+import time
+from collections import defaultdict, deque
 
 from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import NotifierConfig
-from sftp_gateway.notifier.render import MalformedEvent, parse_event, recipients_for, render_email
+from sftp_gateway.events.schema import UPLOAD_FAILED
+from sftp_gateway.notifier.render import (
+    MalformedEvent,
+    header_safe,
+    parse_event,
+    recipients_for,
+    render_email,
+)
 from sftp_gateway.notifier.senders import Sender
 
 log = logging.getLogger(__name__)
+FAILURE_EMAIL_WINDOW = 3600.0  # seconds: notifier.failure_email_limit is per hour
 
 
 class Outcome(enum.Enum):
     DONE = "done"
     RETRY = "retry"
     MALFORMED = "malformed"
+    DROPPED = "dropped"
+
+    @property
+    def deletes(self) -> bool:
+        """Whether the message leaves the queue."""
+        return self in (Outcome.DONE, Outcome.DROPPED)
+
+
+class FailureEmailLimiter:
+    """At most `limit` upload.failed emails per user per window (0: no limit).
+
+    A user whose uploads keep failing (a script retrying a refused file) must not
+    flood the people who get the mail; the events are still recorded in the catalog.
+    """
+
+    def __init__(self, limit: int, window: float = FAILURE_EMAIL_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._sent: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def exceeded(self, user: str) -> bool:
+        if not self.limit:
+            return False
+        with self._lock:
+            recent = self._recent(user)
+            return len(recent) >= self.limit
+
+    def note(self, user: str) -> None:
+        with self._lock:
+            self._recent(user).append(time.monotonic())
+
+    def _recent(self, user: str) -> deque[float]:
+        sent = self._sent[user]
+        horizon = time.monotonic() - self.window
+        while sent and sent[0] < horizon:
+            sent.popleft()
+        return sent
+
+
+def event_id_hint(body: str) -> str | None:
+    """The event_id of a message we cannot use, if it has a readable one (for the log)."""
+    try:
+        value = json.loads(body).get("event_id")
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return header_safe(value, 64) if isinstance(value, str) else None
+
+
+class _Unrenderable(Exception):
+    """The event parsed but its email cannot be built (a poison message)."""
 
 
 class EventProcessor:
@@ -31,18 +98,21 @@ class EventProcessor:
         self.catalog = catalog
         self.sender = sender
         self.config = config
+        self.failure_limiter = FailureEmailLimiter(config.failure_email_limit)
 
-    def handle(self, body: str, message_id: str = "-") -> Outcome:
+    def handle(self, body: str, message_id: str = "-", receive_count: int = 1) -> Outcome:
+        """Decide one message; receive_count is SQS's ApproximateReceiveCount."""
         try:
             event = parse_event(body)
         except MalformedEvent as exc:
-            log.error(
-                "message %s is not an upload event (%s), left for the dead-letter queue: %.200r",
+            hint = event_id_hint(body)
+            about = f" (event {hint})" if hint else ""
+            return self._poison(
+                f"{about} is not an upload event ({exc})".lstrip(),
                 message_id,
-                exc,
-                body,
+                receive_count,
+                body=body,
             )
-            return Outcome.MALFORMED
         event_id = event["event_id"]
         try:
             with self.catalog.email_guard(event_id):
@@ -50,24 +120,67 @@ class EventProcessor:
                     log.info("event %s was already emailed; dropping the duplicate", event_id)
                     return Outcome.DONE
                 return self._send(event)
+        except _Unrenderable as exc:
+            return self._poison(
+                f"(event {event_id}) cannot be rendered ({exc})", message_id, receive_count
+            )
         except Exception:
             log.exception("cannot check event %s in the catalog; will retry", event_id)
             return Outcome.RETRY
 
+    def _poison(
+        self, problem: str, message_id: str, receive_count: int, *, body: str | None = None
+    ) -> Outcome:
+        """MALFORMED while it may still go to a dead-letter queue, DROPPED after that."""
+        shown = f": {body!r:.200}" if body is not None else ""
+        limit = self.config.max_receives
+        if limit and receive_count >= limit:
+            log.error(
+                "message %s %s; deleted after %d receives%s",
+                message_id,
+                problem,
+                receive_count,
+                shown,
+            )
+            return Outcome.DROPPED
+        log.error(
+            "message %s %s, left for the dead-letter queue (receive %d)%s",
+            message_id,
+            problem,
+            receive_count,
+            shown,
+        )
+        return Outcome.MALFORMED
+
     def _send(self, event: dict) -> Outcome:
         event_id = event["event_id"]
+        user = str(event["user"])
+        if event["type"] == UPLOAD_FAILED and self.failure_limiter.exceeded(user):
+            log.warning(
+                "event %s (upload.failed by %s) not emailed: over notifier.failure_email_limit"
+                " (%d per hour for this user)",
+                event_id,
+                user,
+                self.config.failure_email_limit,
+            )
+            return Outcome.DONE
         recipients = recipients_for(event, self.config.recipients, self.config.user_recipients)
         if not recipients:
             log.warning("event %s has no recipients (no uploader email, none configured)", event_id)
         else:
-            message = render_email(
-                event, from_address=self.config.from_address, recipients=recipients
-            )
+            try:
+                message = render_email(
+                    event, from_address=self.config.from_address, recipients=recipients
+                )
+            except Exception as exc:
+                raise _Unrenderable(f"{type(exc).__name__}: {exc}") from exc
             try:
                 self.sender.send(message, recipients)
             except Exception as exc:
                 log.warning("email for event %s not sent, will retry: %s", event_id, exc)
                 return Outcome.RETRY
+            if event["type"] == UPLOAD_FAILED:
+                self.failure_limiter.note(user)
             log.info("emailed event %s (%s) to %s", event_id, event["type"], ", ".join(recipients))
         try:
             self.catalog.record_email_sent(event_id, recipients)

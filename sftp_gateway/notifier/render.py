@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Iterable, Mapping
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
 from sftp_gateway.events.schema import UPLOAD_COMPLETED, UPLOAD_FAILED
+from sftp_gateway.paths import hostile_character
 
 REQUIRED_FIELDS = ("type", "event_id", "user")
+MAX_HEADER_VALUE = 200
+_EVENT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")  # it becomes the Message-ID
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -36,8 +40,8 @@ def parse_event(body: str | bytes) -> dict[str, Any]:
         raise MalformedEvent(f"missing {', '.join(missing)}")
     if event["type"] not in (UPLOAD_COMPLETED, UPLOAD_FAILED):
         raise MalformedEvent(f"unknown event type {event['type']!r}")
-    if not isinstance(event["event_id"], str) or len(event["event_id"]) > 36:
-        raise MalformedEvent("event_id is not a short string")
+    if not isinstance(event["event_id"], str) or not _EVENT_ID.match(event["event_id"]):
+        raise MalformedEvent("event_id is not a short string of letters, digits and '-'")
     return event
 
 
@@ -95,11 +99,18 @@ def _facts(event: Mapping[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+def header_safe(value: object, limit: int = MAX_HEADER_VALUE) -> str:
+    """A header value that cannot raise or inject: every control, line or paragraph
+    separator, bidi or zero-width character becomes U+FFFD, and it is shortened."""
+    text = "".join("\ufffd" if hostile_character(ch) else ch for ch in str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def _subject(event: Mapping[str, Any]) -> str:
     name = event.get("file_name") or event.get("path") or "a file"
     if event["type"] == UPLOAD_FAILED:
-        return f"Upload failed: {name} from {event['user']}"
-    return f"New upload: {name} from {event['user']}"
+        return header_safe(f"Upload failed: {name} from {event['user']}")
+    return header_safe(f"New upload: {name} from {event['user']}")
 
 
 def _text_body(event: Mapping[str, Any], facts: list[tuple[str, str]]) -> str:
@@ -135,7 +146,7 @@ def render_email(
     message["To"] = ", ".join(recipients)
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = f"<{event['event_id']}@sftp-gateway>"
-    message["X-SFTP-Gateway-Event"] = str(event["type"])
+    message["X-SFTP-Gateway-Event"] = header_safe(event["type"])
     message.set_content(_text_body(event, facts))
     message.add_alternative(_html_body(event, facts), subtype="html")
     return message

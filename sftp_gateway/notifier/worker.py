@@ -2,8 +2,10 @@
 
 A message is deleted only after the email was accepted (or was already sent before,
 per the catalog). Failed sends and unreadable messages stay in the queue: SQS
-redelivers them after the visibility timeout, and its redrive policy eventually moves
-poison messages to a dead-letter queue. SIGTERM lets the message in hand finish.
+redelivers them after the visibility timeout, and its redrive policy may move poison
+messages to a dead-letter queue; without one, an unreadable message is deleted on its
+`notifier.max_receives`-th delivery (one ERROR line), so none is retried forever.
+SIGTERM lets the message in hand finish.
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ class WorkerStats:
 
     done: int = 0  # emailed, or already emailed before: deleted from the queue
     retried: int = 0
-    malformed: int = 0
+    malformed: int = 0  # unreadable, kept for a later receive or the dead-letter queue
+    dropped: int = 0  # unreadable on its notifier.max_receives-th receive: deleted
+
+
+def receive_count_of(message: dict[str, Any]) -> int:
+    """SQS's ApproximateReceiveCount of a received message (1 when SQS did not say)."""
+    try:
+        return max(1, int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 class _StopPolling(BaseException):
@@ -85,6 +96,7 @@ class NotifierWorker:
             "MaxNumberOfMessages": self.config.batch_size,
             "WaitTimeSeconds": wait,
             "MessageAttributeNames": ["All"],
+            "AttributeNames": ["ApproximateReceiveCount"],  # for notifier.max_receives
         }
         if self.config.visibility_timeout > 0:
             kwargs["VisibilityTimeout"] = self.config.visibility_timeout
@@ -99,14 +111,19 @@ class NotifierWorker:
             self.handle_message(message)
 
     def handle_message(self, message: dict[str, Any]) -> Outcome:
-        outcome = self.processor.handle(message.get("Body", ""), message.get("MessageId", "-"))
+        outcome = self.processor.handle(
+            message.get("Body", ""), message.get("MessageId", "-"), receive_count_of(message)
+        )
         if outcome is Outcome.DONE:
             self.stats.done += 1
-            self._delete(message)
         elif outcome is Outcome.RETRY:
             self.stats.retried += 1
+        elif outcome is Outcome.DROPPED:
+            self.stats.dropped += 1
         else:
             self.stats.malformed += 1
+        if outcome.deletes:
+            self._delete(message)
         return outcome
 
     def _delete(self, message: dict[str, Any]) -> None:
@@ -190,10 +207,11 @@ def run_worker(
     with _stop_on_signals(worker):
         stats = worker.run(once=once)
     log.info(
-        "notifier stopped: %d done, %d to retry, %d malformed",
+        "notifier stopped: %d done, %d to retry, %d malformed, %d dropped",
         stats.done,
         stats.retried,
         stats.malformed,
+        stats.dropped,
     )
     return stats
 

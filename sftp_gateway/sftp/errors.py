@@ -35,5 +35,8 @@ def status_for(exc: BaseException) -> tuple[int, str]:
             if isinstance(exc, kind):
                 return code, str(exc)
         return SFTP_FAILURE, str(exc)
+    if isinstance(exc, UnicodeDecodeError):  # paramiko decodes names strictly as UTF-8
+        log.info("request refused: a name in the request is not valid UTF-8")
+        return SFTP_FAILURE, "file names must be valid UTF-8"
     log.error("unexpected error in an SFTP request", exc_info=exc)
     return SFTP_FAILURE, "internal server error"

@@ -34,8 +34,16 @@ class UploadHandle(paramiko.SFTPHandle):
     def __init__(self, writer: FileWriter) -> None:
         super().__init__()
         self.writer = writer
+        self.refusal: InvalidRequest | None = None
+
+    def refuse(self, reason: str) -> None:
+        """A WRITE was refused before reaching the file: the file now has a hole, so
+        it must never be published. Later writes and the CLOSE repeat the reason."""
+        self.refusal = InvalidRequest(reason)
 
     def write(self, offset: int, data: bytes) -> int:
+        if self.refusal is not None:
+            raise self.refusal
         self.writer.write(offset, data)
         return SFTP_OK
 
@@ -55,6 +63,9 @@ class UploadHandle(paramiko.SFTPHandle):
 
     def commit(self) -> None:
         """A clean SFTP CLOSE: the only way an upload becomes an object."""
+        if self.refusal is not None:
+            self.writer.discard(str(self.refusal))
+            raise self.refusal
         self.writer.commit()
 
     def close(self) -> None:

@@ -4,17 +4,13 @@ paramiko's BufferedPipe keeps received bytes in an `array` and deletes the bytes
 hands out from the front, which moves everything behind them: every read costs the
 whole buffered amount. With a large SSH window (the buffer holds up to a window of
 data when the reader is behind) that is many times the bytes received. `ChunkBuffer`
-keeps the chunks as they arrived and copies only what is read.
+keeps the chunks as they arrived and copies only what is read. It is put in place by
+`sshcompat.use_chunk_buffer` (the swap relies on paramiko internals).
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
-
-import paramiko
-
-log = logging.getLogger(__name__)
 
 
 class _Head:
@@ -82,19 +78,3 @@ class ChunkBuffer:
             else:
                 self._offset += count
                 count = 0
-
-
-def use_chunk_buffer(channel: paramiko.Channel) -> None:
-    """Swap the channel's receive buffer storage, under the pipe's own lock so no byte
-    fed concurrently by the transport thread is lost. Falls back silently if paramiko's
-    internals ever change shape."""
-    pipe = channel.in_buffer
-    lock = getattr(pipe, "_lock", None)
-    if lock is None or not hasattr(pipe, "_buffer"):
-        log.debug("paramiko BufferedPipe changed; keeping its own buffer")
-        return
-    with lock:
-        current = pipe._buffer
-        if isinstance(current, ChunkBuffer):
-            return
-        pipe._buffer = ChunkBuffer(current.tobytes())

@@ -5,11 +5,24 @@
   CLOSE always answers OK); a session that ends with uploads open abandons them.
 - OpenSSH extensions: posix-rename, statvfs, fsync, and limits, which tells clients
   they may send 255 KiB writes instead of 32 KiB ones.
+- Limits, as OpenSSH's sftp-server has them: a packet longer than MAX_PACKET closes
+  the channel before its body is read; a READ is answered with at most MAX_IO bytes;
+  a WRITE of more than MAX_IO bytes is refused (and its file is never published);
+  at most `server.max_handles_per_session` handles are open; request types the
+  server does not know, names that are not UTF-8 and requests that end before their
+  fields get a status and one WARNING line, never a traceback.
+
+paramiko private API used here (besides the SFTPServer methods overridden below,
+`_process`, `_send_server_version`, `_send_status`, `_send_packet`, `_response`,
+`file_table`, `folder_table`): `BaseSFTP._read_packet` (replaced, to check the length
+first), `BaseSFTP._read_all`, `Message.packet` (the request's BytesIO, re-wrapped in
+`BoundedMessage`), `SubsystemHandler.get_server()` (public) for the connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import struct
 
@@ -17,25 +30,58 @@ import paramiko
 from paramiko.message import Message
 from paramiko.sftp import (
     CMD_CLOSE,
+    CMD_DATA,
     CMD_EXTENDED,
     CMD_EXTENDED_REPLY,
+    CMD_FSETSTAT,
+    CMD_FSTAT,
     CMD_INIT,
+    CMD_LSTAT,
+    CMD_MKDIR,
+    CMD_OPEN,
+    CMD_OPENDIR,
+    CMD_READ,
+    CMD_READDIR,
+    CMD_READLINK,
+    CMD_REALPATH,
+    CMD_REMOVE,
+    CMD_RENAME,
+    CMD_RMDIR,
+    CMD_SETSTAT,
+    CMD_STAT,
+    CMD_SYMLINK,
     CMD_VERSION,
+    CMD_WRITE,
     SFTP_BAD_MESSAGE,
+    SFTP_EOF,
+    SFTP_FAILURE,
     SFTP_OK,
     SFTP_OP_UNSUPPORTED,
     SFTPError,
 )
+from paramiko.sftp import CMD_NAMES as CMD_NAMES
 
+from sftp_gateway.idle import ConnectionActivity
 from sftp_gateway.sftp.errors import status_for
 from sftp_gateway.sftp.handler import GatewaySFTPInterface, UploadHandle
-from sftp_gateway.sftp.pipe import use_chunk_buffer
+from sftp_gateway.sshcompat import use_chunk_buffer
 
 log = logging.getLogger(__name__)
 
 SFTP_VERSION = 3
 MAX_MESSAGE = 256 * 1024
 MAX_IO = MAX_MESSAGE - 1024  # what OpenSSH's own server offers
+# OpenSSH drops packets over 256 KiB. The margin lets a client that ignores
+# limits@openssh.com and writes 256 KiB blocks get a status that says why, not a drop.
+MAX_PACKET = MAX_MESSAGE + 16 * 1024
+MAX_READS_PAST_END = 16  # paramiko pads a short request with zeros; this many, no more
+REQUEST_TYPES = frozenset(
+    {
+        *(CMD_OPEN, CMD_CLOSE, CMD_READ, CMD_WRITE, CMD_LSTAT, CMD_FSTAT, CMD_SETSTAT),
+        *(CMD_FSETSTAT, CMD_OPENDIR, CMD_READDIR, CMD_REMOVE, CMD_MKDIR, CMD_RMDIR),
+        *(CMD_REALPATH, CMD_STAT, CMD_RENAME, CMD_READLINK, CMD_SYMLINK, CMD_EXTENDED),
+    }
+)
 EXTENSIONS = (
     ("posix-rename@openssh.com", "1"),
     ("statvfs@openssh.com", "2"),
@@ -44,12 +90,77 @@ EXTENSIONS = (
 )
 
 
+class Refused(Exception):
+    """A request refused by a protocol limit: (SFTP status, text for the client)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class OversizePacket(SFTPError):
+    """A packet longer than MAX_PACKET: its body is never read, the channel closes."""
+
+
+class BoundedMessage(Message):
+    """A request that may be read past its end only a few times. paramiko pads a short
+    request with zeros, so a crafted attribute count (OPEN, MKDIR, SETSTAT) would make
+    it loop up to 2**32 times on an empty buffer; this stops it after a few reads."""
+
+    def __init__(self, packet: io.BytesIO) -> None:
+        super().__init__()
+        self.packet = packet
+        with packet.getbuffer() as view:
+            self._size = view.nbytes
+        self._reads_past_end = 0
+
+    def get_bytes(self, n: int) -> bytes:
+        if self.packet.tell() + n > self._size:
+            self._reads_past_end += 1
+            if self._reads_past_end > MAX_READS_PAST_END:
+                raise Refused(SFTP_BAD_MESSAGE, "malformed request: it ends before its fields")
+        return bytes(super().get_bytes(n))
+
+
 class GatewaySFTPServer(paramiko.SFTPServer):
     server: GatewaySFTPInterface
 
     def start_subsystem(self, name: str, transport: paramiko.Transport, channel) -> None:  # type: ignore[no-untyped-def]
         use_chunk_buffer(channel)  # paramiko's buffer costs O(buffered) per read
-        super().start_subsystem(name, transport, channel)
+        try:
+            super().start_subsystem(name, transport, channel)
+        except (SFTPError, EOFError, OSError) as exc:  # before INIT: paramiko would log
+            log.info("SFTP session of %s ended before it started: %s", self._who(), exc)
+
+    def _who(self) -> str:
+        """`alice from 127.0.0.1`, as every refusal line names the client."""
+        server = self.get_server()
+        principal = getattr(server, "principal", None)
+        name = principal.name if principal is not None else "-"
+        return f"{name} from {getattr(server, 'client_ip', None)}"
+
+    def _activity(self) -> ConnectionActivity | None:
+        activity = getattr(self.get_server(), "activity", None)
+        return activity if isinstance(activity, ConnectionActivity) else None
+
+    def _read_packet(self) -> tuple[int, bytes]:
+        """paramiko's, with the length checked before the body is read or allocated."""
+        (size,) = struct.unpack(">I", self._read_all(4))
+        if size > MAX_PACKET:
+            text = f"packet of {size} bytes exceeds the {MAX_PACKET}-byte limit"
+            log.warning("SFTP packet refused for %s: %s; channel closed", self._who(), text)
+            raise OversizePacket(text)
+        if size == 0:
+            return 0, b""
+        data = self._read_all(size)
+        return data[0], data[1:]
+
+    def _send_packet(self, t: int, packet: Message) -> None:
+        """The reply is ready: from here on, a slow client is the client's idle time."""
+        activity = self._activity()
+        if activity is not None:
+            activity.end_work(self)
+        super()._send_packet(t, packet)
 
     def _send_server_version(self) -> int:
         kind, data = self._read_packet()
@@ -65,16 +176,80 @@ class GatewaySFTPServer(paramiko.SFTPServer):
         return int(version)
 
     def _process(self, t: int, request_number: int, msg: Message) -> None:
+        activity = self._activity()
+        if activity is not None:
+            activity.start_work(self)  # until the reply is sent (S3 may be slow)
         try:
-            if t == CMD_CLOSE:
-                self._close(request_number, msg)
-            elif t == CMD_EXTENDED:
-                self._extended(request_number, msg)
-            else:
-                super()._process(t, request_number, msg)
+            self._dispatch(t, request_number, BoundedMessage(msg.packet))
+        except Refused as refusal:
+            self._refuse(request_number, t, refusal.code, str(refusal))
+        except UnicodeDecodeError:  # paramiko decodes every name strictly as UTF-8
+            self._refuse(request_number, t, SFTP_FAILURE, "file names must be valid UTF-8")
         except Exception as exc:
             code, text = status_for(exc)
             self._send_status(request_number, code, text)
+        finally:
+            if activity is not None:
+                activity.end_work(self)
+
+    def _refuse(self, request_number: int, t: int, code: int, text: str) -> None:
+        """One WARNING line naming user and address, and the status the client sees."""
+        kind = CMD_NAMES.get(t, str(t)).upper()
+        log.warning("SFTP %s refused for %s: %s", kind, self._who(), text)
+        self._send_status(request_number, code, text)
+
+    def _dispatch(self, t: int, request_number: int, msg: Message) -> None:
+        if t not in REQUEST_TYPES:
+            raise Refused(SFTP_OP_UNSUPPORTED, f"unsupported request type {t}")
+        if t == CMD_CLOSE:
+            self._close(request_number, msg)
+        elif t == CMD_EXTENDED:
+            self._extended(request_number, msg)
+        elif t == CMD_READ:
+            self._read(request_number, msg)
+        elif t == CMD_WRITE:
+            self._write(request_number, msg)
+        else:
+            if t in (CMD_OPEN, CMD_OPENDIR):
+                self._check_handle_limit()
+            super()._process(t, request_number, msg)
+
+    def _check_handle_limit(self) -> None:
+        """OpenSSH's sftp-server caps handles too: each holds buffers or a listing."""
+        limit = self.server.fs.settings.server.max_handles_per_session
+        if len(self.file_table) + len(self.folder_table) >= limit:
+            raise Refused(SFTP_FAILURE, f"too many open files (limit {limit})")
+
+    def _read(self, request_number: int, msg: Message) -> None:
+        """READ, with the length clamped to MAX_IO as OpenSSH does (a short read is
+        valid SFTP; the client asks again for the rest)."""
+        handle_id, offset, length = msg.get_binary(), msg.get_int64(), msg.get_int()
+        handle = self.file_table.get(handle_id)
+        if handle is None:
+            self._send_status(request_number, SFTP_BAD_MESSAGE, "Invalid handle")
+            return
+        data = handle.read(offset, min(length, MAX_IO))
+        if not isinstance(data, bytes | str):
+            self._send_status(request_number, data)
+        elif not data:
+            self._send_status(request_number, SFTP_EOF)
+        else:
+            self._response(request_number, CMD_DATA, data)
+
+    def _write(self, request_number: int, msg: Message) -> None:
+        """WRITE; more than MAX_IO bytes is refused and writes nothing, and the file
+        (which now has a hole) is never published."""
+        handle_id, offset, data = msg.get_binary(), msg.get_int64(), msg.get_binary()
+        handle = self.file_table.get(handle_id)
+        if handle is None:
+            self._send_status(request_number, SFTP_BAD_MESSAGE, "Invalid handle")
+            return
+        if len(data) > MAX_IO:
+            text = f"write of {len(data)} bytes exceeds the {MAX_IO}-byte limit"
+            if isinstance(handle, UploadHandle):
+                handle.refuse(text)
+            raise Refused(SFTP_FAILURE, text)
+        self._send_status(request_number, handle.write(offset, data))
 
     def _close(self, request_number: int, msg: Message) -> None:
         handle_id = msg.get_binary()

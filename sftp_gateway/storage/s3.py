@@ -17,11 +17,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sftp_gateway.config import StorageConfig
 from sftp_gateway.errors import NotFound, StorageError
+from sftp_gateway.s3limits import MAX_SINGLE_COPY
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SINGLE_COPY_LIMIT = 5 * 1024**3
+SINGLE_COPY_LIMIT = MAX_SINGLE_COPY
 PROBE_KEYS = 50
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 

@@ -2,9 +2,11 @@
 
 Some clients (asyncssh, older Go clients, Node ssh2 fastPut, WS_FTP) send WRITEs for
 several offsets at once and the server may see them out of order. The stream needs
-bytes in order, so chunks ahead of it wait here: in memory up to `memory_limit`, then
-in an anonymous temporary file (deleted by the OS when closed). As soon as the gap
-before them fills, they flow on in order. Nothing is ever written twice or skipped.
+bytes in order, so chunks ahead of it wait here: in memory up to `memory_limit` (and
+while the process's memory budget has room), then in an anonymous temporary file
+(deleted by the OS when closed) up to `spill_limit` per file and the process's spill
+budget across files. As soon as the gap before them fills, they flow on in order.
+Nothing is ever written twice or skipped.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from sftp_gateway.errors import InvalidRequest
+from sftp_gateway.upload.budget import Lease
 
 
 class ReorderBuffer:
     """Chunks keyed by offset, waiting for the stream to reach them."""
 
-    def __init__(self, memory_limit: int, spill_limit: int) -> None:
+    def __init__(self, memory_limit: int, spill_limit: int, memory: Lease, disk: Lease) -> None:
         self.memory_limit = memory_limit
         self.spill_limit = spill_limit
+        self._memory_lease = memory
+        self._disk_lease = disk
         self._memory: dict[int, bytes] = {}
         self._spilled: dict[int, tuple[int, int]] = {}  # offset -> (file position, length)
         self._memory_bytes = 0
@@ -37,16 +42,29 @@ class ReorderBuffer:
         """Keep a chunk that starts beyond the stream's current end."""
         if offset in self._memory or offset in self._spilled:
             raise InvalidRequest(f"the bytes at offset {offset} were already written")
+        if self._keep_in_memory(offset, data):
+            pass
+        else:
+            self._spill_to_disk(offset, data)
         self.highest_end = max(self.highest_end, offset + len(data))
-        if self._memory_bytes + len(data) <= self.memory_limit:
-            self._memory[offset] = data
-            self._memory_bytes += len(data)
-            return
+
+    def _keep_in_memory(self, offset: int, data: bytes) -> bool:
+        """In memory if this file's share and the process's budget allow it."""
+        if self._memory_bytes + len(data) > self.memory_limit:
+            return False
+        if not self._memory_lease.try_acquire(len(data)):
+            return False  # the budget is spent: disk instead, no waiting
+        self._memory[offset] = data
+        self._memory_bytes += len(data)
+        return True
+
+    def _spill_to_disk(self, offset: int, data: bytes) -> None:
         if self._spill_end + len(data) > self.spill_limit:
             raise InvalidRequest(
                 "writes arrive too far out of order for this server "
                 f"(more than {self.spill_limit} bytes ahead of the file's end)"
             )
+        self._disk_lease.acquire(len(data), timeout=0)  # ServerBusy when the disk budget is spent
         if self._spill is None:
             self._spill = tempfile.TemporaryFile(prefix="sftp-gateway-reorder-")  # noqa: SIM115 - lives until close()
         self._spill.seek(self._spill_end)
@@ -60,6 +78,7 @@ class ReorderBuffer:
             if position in self._memory:
                 data = self._memory.pop(position)
                 self._memory_bytes -= len(data)
+                self._memory_lease.release(len(data))
             elif position in self._spilled:
                 where, length = self._spilled.pop(position)
                 assert self._spill is not None
@@ -71,9 +90,13 @@ class ReorderBuffer:
             yield data
 
     def close(self) -> None:
+        """Drop what waits and give its memory and disk back to the budgets."""
         self._memory.clear()
         self._spilled.clear()
         self._memory_bytes = 0
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+        self._spill_end = 0
+        self._memory_lease.close()
+        self._disk_lease.close()

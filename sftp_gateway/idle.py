@@ -1,0 +1,139 @@
+"""Idle timeout and keepalives for authenticated connections.
+
+sshd's ClientAliveInterval finds dead peers, not idle ones: a client that holds a
+connection open and sends nothing keeps a slot forever. `IdleWatcher` closes an
+authenticated connection whose channels moved no data for `server.idle_timeout`
+seconds (SFTPGo's idle_timeout, sshd's ChannelTimeout), and turns on paramiko's
+keepalive (`server.keepalive_interval`) for each connection once it has logged in
+(an SSH global request before authentication would break OpenSSH clients).
+
+What counts as traffic is channel data, both ways; SSH keepalives and rekeys do not.
+It is polled, not hooked, so no code runs per packet: each tick compares every
+channel's flow-control counters with the last tick's. Time the server is the one
+holding things up is never the client's idle time: a channel with unread input (the
+server is behind, e.g. a write waits for a slow S3) or an SFTP request being handled
+keeps the connection busy. A client that stops reading a download is idle.
+
+paramiko internals read here (public names, undocumented): `Channel.in_window_sofar`,
+`Channel.out_window_size`, `Channel.in_buffer` (its length), `Transport.server_object`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import paramiko
+
+from sftp_gateway.config import ServerConfig
+from sftp_gateway.sessions import SessionRegistry
+
+log = logging.getLogger(__name__)
+MAX_TICK = 1.0
+
+
+class ConnectionActivity:
+    """When one connection last moved channel data, as its watcher sees it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last = clock()
+        self._channels: list[paramiko.Channel] = []
+        self._counters: dict[int, tuple[int, int]] = {}
+        self._working: set[int] = set()
+        self._lock = threading.Lock()
+
+    def watch(self, channel: paramiko.Channel) -> None:
+        """Count this channel's traffic (a session channel once it runs SFTP or SCP)."""
+        with self._lock:
+            self._channels.append(channel)
+        self.touch()
+
+    def touch(self) -> None:
+        self._last = self._clock()
+
+    def start_work(self, worker: object) -> None:
+        """The server is handling a request for `worker`: not the client's idle time."""
+        self._working.add(id(worker))
+
+    def end_work(self, worker: object) -> None:
+        if id(worker) in self._working:
+            self._working.discard(id(worker))
+            self.touch()
+
+    def idle_seconds(self) -> float:
+        """Seconds since channel data last moved, 0 while the server is busy."""
+        now = self._clock()
+        if self._working or self._channels_moved():
+            self._last = now
+        return now - self._last
+
+    def _channels_moved(self) -> bool:
+        moved = False
+        with self._lock:
+            self._channels = [channel for channel in self._channels if not channel.closed]
+            for channel in self._channels:
+                counters = (channel.in_window_sofar, channel.out_window_size)
+                if len(channel.in_buffer) or self._counters.get(channel.chanid) != counters:
+                    moved = True
+                self._counters[channel.chanid] = counters
+        return moved
+
+
+class IdleWatcher:
+    """One thread for the process: keepalives on, idle connections closed."""
+
+    def __init__(self, sessions: SessionRegistry, config: ServerConfig) -> None:
+        self.sessions = sessions
+        self.idle_timeout = config.idle_timeout
+        self.keepalive_interval = config.keepalive_interval
+        self.tick = min(MAX_TICK, self.idle_timeout / 4) if self.idle_timeout else MAX_TICK
+        self._seen: weakref.WeakSet[paramiko.Transport] = weakref.WeakSet()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.idle_timeout and not self.keepalive_interval:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="idle", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self.check_once()
+            except Exception:
+                log.exception("idle check failed; will retry")
+
+    def check_once(self) -> int:
+        """Start keepalives on new sessions, close the idle ones; returns how many."""
+        closed = 0
+        for session in self.sessions.live():
+            transport = session.transport
+            if transport not in self._seen:
+                self._seen.add(transport)
+                if self.keepalive_interval:
+                    transport.set_keepalive(self.keepalive_interval)
+            activity = getattr(transport.server_object, "activity", None)
+            if not self.idle_timeout or not isinstance(activity, ConnectionActivity):
+                continue
+            if activity.idle_seconds() >= self.idle_timeout:
+                log.warning(
+                    "session of %s from %s closed: idle for %ss",
+                    session.principal.name,
+                    session.client_ip,
+                    f"{self.idle_timeout:g}",
+                )
+                transport.close()
+                closed += 1
+        return closed

@@ -1,0 +1,1 @@
+"""Fuzz harness: SFTP packets and SCP control lines into the real handlers (scripts/fuzz)."""

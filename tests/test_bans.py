@@ -1,0 +1,88 @@
+"""Brute-force bans shared through the catalog, against a real `serve` process.
+
+Failed logins from 127.0.0.2 (OpenSSH sftp bound there) earn points; at the threshold
+the address is refused before the key exchange while 127.0.0.1 still works; the
+operator sees the ban with `bans list` and lifts it with `bans remove`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.helpers import make_user_key, wait_until
+from tests.serving import ServeProcess
+
+ATTACKER = "127.0.0.2"
+
+
+def ban_config(**ban: object) -> dict[str, object]:
+    return {"server": {"ban": {"threshold": 3, "window": 600, "duration": 600, **ban}}}
+
+
+def failed_logins(served: ServeProcess, count: int, source: str = ATTACKER) -> None:
+    """`count` OpenSSH logins with a key alice does not have (one point each)."""
+    wrong = make_user_key(served.tmp / "wrongkeys")
+    for _ in range(count):
+        result = served.sftp("ls\n", key=wrong, source=source, timeout=30)
+        assert result.returncode != 0
+
+
+def banned_addresses(served: ServeProcess) -> dict[str, dict[str, object]]:
+    listed = json.loads(served.cli("bans", "list", "--json").stdout)
+    return {entry["address"]: entry for entry in listed}
+
+
+def can_list(served: ServeProcess, source: str) -> bool:
+    return served.sftp("ls\n", source=source, timeout=30).returncode == 0
+
+
+def test_failed_logins_ban_the_address_until_an_operator_lifts_it(serve_factory) -> None:
+    served = serve_factory(ban_config())
+    assert can_list(served, ATTACKER)
+    failed_logins(served, 3)
+    wait_until(lambda: ATTACKER in banned_addresses(served), timeout=10)
+    entry = banned_addresses(served)[ATTACKER]
+    assert entry["score"] == 3 and entry["reason"] == "failed_key" and entry["until"]
+
+    time.sleep(0.3)
+    assert not can_list(served, ATTACKER), "a banned address still logged in"
+    log = served.log_text()
+    assert f"banned {ATTACKER} until " in log
+    assert f"refused {ATTACKER}: banned until " in log
+    assert served.user_can_upload()  # 127.0.0.1 is not concerned
+
+    removed = served.cli("bans", "remove", ATTACKER)
+    assert f"removed ban on {ATTACKER}" in removed.stdout
+    wait_until(lambda: can_list(served, ATTACKER), timeout=15)
+    assert ATTACKER not in banned_addresses(served)
+
+
+def test_bans_remove_names_an_address_that_is_not_banned(serve_factory) -> None:
+    served = serve_factory()
+    missing = served.cli("bans", "remove", "127.0.0.9", check=False)
+    assert missing.returncode == 1
+    assert "127.0.0.9 is not banned" in missing.stderr
+    invalid = served.cli("bans", "remove", "not-an-address", check=False)
+    assert invalid.returncode == 2
+    assert "'not-an-address' is not an IP address" in invalid.stderr
+    assert "Traceback" not in missing.stderr + invalid.stderr
+
+
+def test_allow_listed_address_is_never_banned(serve_factory) -> None:
+    served = serve_factory(ban_config(allow_list=["127.0.0.0/30"]))
+    failed_logins(served, 5)
+    time.sleep(2.5)  # longer than the ban cache refresh
+    assert banned_addresses(served) == {}
+    assert can_list(served, ATTACKER)
+    assert "banned" not in served.log_text()
+
+
+def test_invalid_user_scores_more_than_a_failed_key(serve_factory) -> None:
+    served = serve_factory(ban_config(threshold=4))
+    for _ in range(2):
+        result = served.sftp("ls\n", user="mallory", source=ATTACKER, timeout=30)
+        assert result.returncode != 0
+    wait_until(lambda: ATTACKER in banned_addresses(served), timeout=10)
+    assert banned_addresses(served)[ATTACKER]["reason"] == "invalid_user"
+    assert f"auth failed for mallory from {ATTACKER}: invalid user" in served.log_text()

@@ -1,0 +1,160 @@
+"""A peer cannot make the server buffer more than a few KiB it did not agree to.
+
+Each attack runs against a real `sftp-gateway serve` process from 127.0.0.2 over raw
+sockets, and the test checks what an operator would: the connection is closed at once,
+RSS and thread count stay flat, one WARNING line names the source address, and a real
+user still uploads beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import paramiko
+import pytest
+
+from tests.helpers import MIB, wait_until
+from tests.serving import ServeProcess
+
+ATTACKER = "127.0.0.2"
+KIB = 1024
+
+
+def connect_from_attacker(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KIB)  # little slack in flight
+    sock.bind((ATTACKER, 0))
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_line(sock: socket.socket, limit: int = 1024) -> bytes:
+    line = b""
+    while not line.endswith(b"\n") and len(line) < limit:
+        piece = sock.recv(1)
+        if not piece:
+            break
+        line += piece
+    return line
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True once the server has closed (EOF or reset); drains what it sent meanwhile."""
+    while select.select([sock], [], [], 0)[0]:
+        try:
+            if not sock.recv(65536):
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def send_until_closed(sock: socket.socket, chunk: bytes, max_bytes: int, seconds: float) -> int:
+    """Send `chunk` repeatedly until the server closes; the bytes it accepted, or raise
+    when it still reads after max_bytes or `seconds` (bounded in both)."""
+    sent, deadline = 0, time.monotonic() + seconds
+    sock.settimeout(1)
+    while sent < max_bytes and time.monotonic() < deadline:
+        if peer_closed(sock):
+            return sent
+        try:
+            sent += sock.send(chunk)
+        except TimeoutError:
+            continue  # the server stopped reading; wait for it to close
+        except OSError:
+            return sent  # reset: closed
+    raise AssertionError(f"the server still accepted data after {sent} bytes")
+
+
+@contextlib.contextmanager
+def watched(served: ServeProcess) -> Iterator[None]:
+    """Around an attack: afterwards, RSS (and its peak) grew by less than 20 MiB and the
+    thread count came back down."""
+    threads, rss, peak = served.threads(), served.rss_mib(), served.status_field("VmHWM")
+    yield
+    wait_until(lambda: served.threads() <= threads, timeout=10)
+    peak_growth = (served.status_field("VmHWM") - peak) / 1024
+    assert served.rss_mib() - rss < 20, f"RSS grew by {served.rss_mib() - rss:.1f} MiB"
+    assert peak_growth < 20, f"peak RSS grew by {peak_growth:.1f} MiB"
+
+
+def wait_for_log(served: ServeProcess, text: str, timeout: float = 5) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in served.log_text():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in the log:\n{served.log_text()[-3000:]}")
+        time.sleep(0.05)
+    return next(line for line in served.log_text().splitlines() if text in line)
+
+
+@pytest.fixture
+def served(serve_factory: Callable[..., ServeProcess]) -> ServeProcess:
+    return serve_factory()
+
+
+def test_a_2_gib_packet_header_before_auth_is_closed_without_buffering_it(
+    served: ServeProcess,
+) -> None:
+    with watched(served), connect_from_attacker(served.port) as sock:
+        sock.sendall(b"SSH-2.0-attacker\r\n")
+        assert read_line(sock).startswith(b"SSH-2.0-")
+        started = time.monotonic()
+        # A length that passes paramiko's block-size check (0x7fffffff fails it early).
+        sock.sendall(struct.pack(">I", 0x7FFFFFFC) + bytes(4))
+        accepted = send_until_closed(sock, bytes(64 * KIB), max_bytes=64 * MIB, seconds=10)
+        assert time.monotonic() - started < 3
+        assert accepted < 2 * MIB  # what sat in socket buffers, not in the server
+    line = wait_for_log(served, f"refused {ATTACKER}: SSH packet of")
+    assert "WARNING" in line and "before authentication" in line
+    assert served.user_can_upload()
+
+
+def test_a_version_line_without_newline_is_closed_after_8_kib(served: ServeProcess) -> None:
+    with watched(served), connect_from_attacker(served.port) as sock:
+        started = time.monotonic()
+        sock.sendall(b"SSH-2.0-")
+        accepted = send_until_closed(sock, b"A" * 4 * KIB, max_bytes=8 * MIB, seconds=10)
+        assert time.monotonic() - started < 3
+        assert accepted < 1 * MIB  # 8 KiB read, the rest sat in socket buffers
+    line = wait_for_log(served, f"refused {ATTACKER}: version line longer than 8 KiB")
+    assert "WARNING" in line
+    assert served.user_can_upload()
+
+
+def test_many_lines_before_the_version_line_are_closed_after_8_kib(served: ServeProcess) -> None:
+    with watched(served), connect_from_attacker(served.port) as sock:
+        accepted = send_until_closed(sock, b"x" * 80 + b"\r\n", max_bytes=MIB, seconds=10)
+        assert accepted < 512 * KIB
+    wait_for_log(served, f"refused {ATTACKER}: more than 8 KiB of lines before the version")
+    assert served.user_can_upload()
+
+
+def test_an_oversized_packet_after_auth_is_closed(served: ServeProcess) -> None:
+    """After login the length of an AES-GCM packet travels in clear: claim 2 GiB."""
+    with watched(served), connect_from_attacker(served.port) as sock:
+        ciphers = paramiko.Transport._preferred_ciphers
+        transport = paramiko.Transport(
+            sock,
+            disabled_algorithms={"ciphers": [c for c in ciphers if c != "aes128-gcm@openssh.com"]},
+        )
+        try:
+            transport.connect()
+            key = paramiko.Ed25519Key.from_private_key_file(str(served.key_path))
+            transport.auth_publickey(served.user, key)
+            assert transport.is_authenticated()
+            # The client is idle after login, so nothing else writes to the socket.
+            sock.sendall(struct.pack(">I", 0x7FFFFFF0) + bytes(12))
+            started = time.monotonic()
+            wait_until(lambda: not transport.is_active(), timeout=5)
+            assert time.monotonic() - started < 3
+        finally:
+            transport.close()
+    line = wait_for_log(served, f"refused {ATTACKER}: SSH packet of")
+    assert "before authentication" not in line
+    assert served.user_can_upload()
