@@ -81,6 +81,12 @@ class UploadRow(Base):
     # Resume state: committed parts [{"n","etag","size","checksum"}] and hash state.
     parts: Mapped[list | None] = mapped_column(JSON)
     resume_state: Mapped[dict | None] = mapped_column(JSON)
+    # A resume in progress holds a lease, so two instances never continue one upload.
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # With storage.compression: the bytes stored in S3 (size is what the client sent).
+    stored_size: Mapped[int | None] = mapped_column(BigInteger)
+    compression: Mapped[str | None] = mapped_column(String(16))
 
 
 class OutboxRow(Base):
@@ -97,6 +103,9 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Set when SQS refused the event for a reason that will not change: not retried
+    # until an operator runs `sftp-gateway events retry`.
+    parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class SentEmailRow(Base):
