@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
@@ -40,6 +39,8 @@ if str(REPO) not in sys.path:
 
 import yaml  # noqa: E402
 
+from sftp_gateway import units  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 from tests.seaweed import SeaweedServer, start_seaweed  # noqa: E402
 
 MIB = 1024 * 1024
@@ -55,16 +56,14 @@ SSH_OPTS = [
     "-o", "IdentitiesOnly=yes",
 ]  # fmt: skip
 DEFAULT_SIZES = "50MB,512MiB,1GiB"
-_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": MIB, "gb": 1000**3}
-_UNITS["gib"] = GIB
 
 
 def parse_size(text: str) -> int:
-    """`50MB` (10^6), `512MiB` (2^20), `1GiB`, `100KB` or plain bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 50MB or 1GiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    """`50MB` (10^6), `512MiB` (2^20), `1GiB`, `100KB` or plain bytes (the config's)."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # -- /proc readings -------------------------------------------------------------------
@@ -169,12 +168,6 @@ def label_of(size: int) -> str:
         if size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size / 1e6:g}MB"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- child processes ------------------------------------------------------------------
@@ -335,6 +328,7 @@ def gateway_config(work: Path, endpoint: str, bucket: str, overrides: Sequence[s
             "listen": "127.0.0.1:0",
             "host_keys_dir": str(work / "gw-hostkeys"),
             "drain_timeout": 1,
+            "workers": 1,  # one process, so its /proc figures are the gateway's
         },
         "storage": {
             "bucket": bucket,
@@ -362,7 +356,8 @@ class GatewayProc:
         return self.proc.pid
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """The process and its live children (the workers of `--workers N`)."""
+        return cpu_seconds(self.pid) + sum(cpu_seconds(child) for child in child_pids(self.pid))
 
     def hwm_kib(self) -> int:
         return status_kib(self.pid, "VmHWM")
@@ -741,6 +736,81 @@ class Bench:
         shutil.rmtree(folder, ignore_errors=True)
         return out
 
+    # -- serve --workers N --
+
+    def workers_scaling(self) -> dict[str, Any]:
+        """For 1 and 2 workers: aggregate MiB/s and gateway CPU per GiB (supervisor and
+        workers) of 4 and --concurrency concurrent uploads; small files/s in one session
+        and with --session-parallel sessions."""
+        base = list(self.launcher.overrides)
+        size = parse_size(self.args.concurrent_size)
+        src = make_pdf(self.work / "src-workers.pdf", size)
+        small_dir = self.work / "small-workers"
+        small_dir.mkdir(exist_ok=True)
+        count = max(40, self.args.small_count // 4)
+        small_size = parse_size(self.args.small_size)
+        small = [make_pdf(small_dir / f"w{i:04d}.pdf", small_size) for i in range(count)]
+        out: dict[str, Any] = {"size": size, "small_files": count}
+        try:
+            for workers in (1, 2):
+                self.launcher.overrides = [  # every client logs in at once from 127.0.0.1
+                    "server.max_startups='100'",
+                    "server.per_source_max_startups=100",
+                    *base,
+                    f"server.workers={workers}",
+                ]
+                gw = self.launcher.restart()
+                time.sleep(8 if workers > 1 else 0)  # every worker up, not just the first
+                row: dict[str, Any] = {}
+                for uploads in sorted({4, self.args.concurrency}):
+                    row[f"concurrent_{uploads}"] = self._concurrent_once(gw, src, uploads, workers)
+                row["small_one_session"] = self._small_sessions(gw, small, 1, workers)
+                row["small_parallel"] = self._small_sessions(
+                    gw, small, self.args.session_parallel, workers
+                )
+                out[f"workers_{workers}"] = row
+                print(f"  workers={workers} done: {row}", file=sys.stderr)
+        finally:
+            self.launcher.overrides = base
+            src.unlink(missing_ok=True)
+            shutil.rmtree(small_dir, ignore_errors=True)
+        return out
+
+    def _concurrent_once(self, gw: GatewayProc, src: Path, uploads: int, workers: int) -> dict:
+        size = src.stat().st_size
+        folder = f"/w{workers}-c{uploads}"
+        cpu0, start = gw.cpu(), time.perf_counter()
+        self._sessions_at_once(gw, [f"put {src} {folder}-{i:02d}.pdf\n" for i in range(uploads)])
+        wall = time.perf_counter() - start
+        self.delete_prefix(f"incoming/{BENCH_USER}/w{workers}-c{uploads}")
+        total = uploads * size
+        return {
+            "aggregate_mib_s": total / MIB / wall,
+            "gateway_cpu_per_gib": per_gib(gw.cpu() - cpu0, total),
+        }
+
+    def _sessions_at_once(self, gw: GatewayProc, scripts: list[str]) -> None:
+        """One `sftp -b` session per script, all at once; raises if one fails."""
+        with ThreadPoolExecutor(len(scripts)) as pool:
+            args = self.args.ssh_opt
+            list(pool.map(lambda s: run_sftp(gw.port, BENCH_USER, self.key, s, args), scripts))
+
+    def _small_sessions(
+        self, gw: GatewayProc, files: list[Path], sessions: int, workers: int
+    ) -> float:
+        """Files per second when `sessions` sftp sessions share the files."""
+        folder = f"/w{workers}-s{sessions}"
+        run_sftp(gw.port, BENCH_USER, self.key, f"mkdir {folder}\n", self.args.ssh_opt)
+        scripts = [
+            "".join(f"put {f} {folder}/{f.name}\n" for f in files[i::sessions])
+            for i in range(sessions)
+        ]
+        start = time.perf_counter()
+        self._sessions_at_once(gw, scripts)
+        rate = len(files) / (time.perf_counter() - start)
+        self.delete_prefix(f"incoming/{BENCH_USER}{folder}/")
+        return rate
+
     def sessions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         gw = self.launcher.current or self.launcher.restart()
@@ -892,7 +962,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--phases",
         default="direct,openssh,gateway,concurrent,small,sessions",
-        help="subset of: direct, openssh, gateway, concurrent, small, sessions",
+        help="subset of: direct, openssh, gateway, concurrent, small, sessions, workers"
+        " (workers: 1 vs 2 worker processes; only when asked)",
     )
     parser.add_argument(
         "--set",
@@ -1003,6 +1074,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if bench.enabled("sessions"):
             print("measuring sessions ...", file=sys.stderr)
             result["sessions"] = bench.sessions()
+        if bench.enabled("workers"):
+            print("measuring serve --workers 1 and 2 ...", file=sys.stderr)
+            result["workers"] = bench.workers_scaling()
         return result
     finally:
         children.stop_all()

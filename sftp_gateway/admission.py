@@ -27,11 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import paramiko
-
+from sftp_gateway import logs, metrics
 from sftp_gateway.catalog.bans import BanStore
 from sftp_gateway.config import BanConfig, ServerConfig
+
+if TYPE_CHECKING:  # bans and scores need no paramiko: the supervisor's web uploads use them
+    import paramiko
 
 log = logging.getLogger(__name__)
 BAN_CACHE_SECONDS = 2.0  # a ban set by another instance (or lifted) applies within this
@@ -80,6 +83,10 @@ class Ticket:
     failures: int = 0
     points: int = 0
     reason: str = NO_AUTH
+    on_end: Callable[[], None] | None = None  # called once by the watchdog when it ends
+    # called once when the transport is authenticated (the signature verified): the
+    # key query before it also passes check_auth_publickey, so login is known only here
+    on_authenticated: Callable[[], None] | None = None
 
     def attach(self, transport: paramiko.Transport) -> None:
         """The watchdog watches this transport (authenticated? still open?)."""
@@ -136,6 +143,8 @@ class _Counts:
 class Admission:
     """Connection accounting, login grace and ban decisions for one gateway process."""
 
+    name = "admission"  # as a background worker (workers.Worker)
+
     def __init__(
         self,
         config: ServerConfig,
@@ -184,17 +193,27 @@ class Admission:
         """A Ticket for a connection allowed to start its handshake, or None (logged)."""
         until = self.banned_until(address)
         if until is not None:
-            log.warning("refused %s: banned until %s", address, until.isoformat(timespec="seconds"))
+            log.warning(
+                "refused %s: banned until %s",
+                address,
+                until.isoformat(timespec="seconds"),
+                extra=logs.fields("refused", addr=address, reason="banned"),
+            )
+            metrics.refused("banned")
             return None
         refusal = self._reserve(address)
         if isinstance(refusal, str):
-            log.warning("refused %s: %s", address, refusal)
+            reason = refusal.split(" ", 1)[0]  # the limit's name starts the text
+            extra = logs.fields("refused", addr=address, reason=reason)
+            log.warning("refused %s: %s", address, refusal, extra=extra)
+            metrics.refused(refusal.split(" ", 1)[0])  # the limit's name starts the text
             return None
         ticket = Ticket(self, address, sock, time.monotonic() + self.config.auth_timeout)
         with self._lock:
             self._tickets.add(ticket)
             heapq.heappush(self._deadlines, (ticket.deadline, next(self._sequence), ticket))
         self._wake.set()
+        metrics.connection_accepted()
         return ticket
 
     def _reserve(self, address: str) -> str | None:
@@ -269,21 +288,30 @@ class Admission:
                 continue
             ticket.expired = True
             log.warning(
-                "refused %s: not authenticated within %gs", ticket.address, self.config.auth_timeout
+                "refused %s: not authenticated within %gs",
+                ticket.address,
+                self.config.auth_timeout,
+                extra=logs.fields("refused", addr=ticket.address, reason="auth_timeout"),
             )
+            metrics.refused("auth_timeout")
             ticket.close()
             self._end(ticket)
 
     def _sweep(self) -> None:
         with self._lock:
             tickets = [t for t in self._tickets if t.transport is not None]
+        if not tickets:
+            return
+        from sftp_gateway import sshcompat  # only SSH connections have transports
+
         for ticket in tickets:
             transport = ticket.transport
             assert transport is not None
+            # A session shorter than a sweep is still a login, not a failure to score.
+            if not ticket.authenticated and sshcompat.was_authenticated(transport):
+                self._promote(ticket)
             if not transport.is_active():
                 self._end(ticket)
-            elif not ticket.authenticated and transport.is_authenticated():
-                self._promote(ticket)
 
     def _promote(self, ticket: Ticket) -> None:
         """An authenticated connection moves from max_startups to max_connections."""
@@ -299,9 +327,17 @@ class Admission:
                 "refused %s: max_connections (%d) reached",
                 ticket.address,
                 self.config.max_connections,
+                extra=logs.fields("refused", addr=ticket.address, reason="max_connections"),
             )
+            metrics.refused("max_connections")
             ticket.close()
             self._end(ticket)
+            return
+        if ticket.on_authenticated is not None:
+            try:
+                ticket.on_authenticated()
+            except Exception:
+                log.exception("login bookkeeping failed for %s", ticket.address)
 
     def _end(self, ticket: Ticket) -> None:
         """Release a connection's place; an unauthenticated end is scored."""
@@ -316,6 +352,8 @@ class Admission:
                 self._counts.remove(ticket.address)
         if not ticket.authenticated:
             self._score_end(ticket)
+        if ticket.on_end is not None:  # the session-end log line
+            ticket.on_end()
 
     def _score_end(self, ticket: Ticket) -> None:
         if self._bans is None or self.ban_config.allows(ticket.address):
@@ -365,6 +403,7 @@ class Admission:
             return
         if ban is not None:
             self._banned[address] = ban.banned_until
+            metrics.ban_created()
             log.warning(
                 "banned %s until %s: score %d within %gs (last: %s)",
                 address,
@@ -372,6 +411,7 @@ class Admission:
                 ban.score,
                 config.window,
                 reason,
+                extra=logs.fields("ban", addr=address, reason=reason, until=ban.banned_until),
             )
 
     def _refresh_bans(self) -> None:
@@ -383,6 +423,7 @@ class Admission:
             log.warning("could not read bans from the catalog: %s", exc)
             return
         self._banned = {ban.address: ban.banned_until for ban in bans}
+        metrics.bans_active.set(len(self._banned))
 
     def _purge(self) -> None:
         if self._bans is None:

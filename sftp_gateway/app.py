@@ -9,20 +9,18 @@ seconds, and closes the rest (their uploads are abandoned, never half-completed)
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import paramiko
 
-from sftp_gateway import __version__, crypto_policy, sshcompat
+from sftp_gateway import __version__, crypto_policy, logs, sshcompat
 from sftp_gateway.admission import Admission, Ticket
 from sftp_gateway.auth import Authenticator, Principal
+from sftp_gateway.catalog import build_catalog
 from sftp_gateway.catalog.bans import BanStore
-from sftp_gateway.catalog.db import make_engine, upgrade
 from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import ServerConfig, Settings
 from sftp_gateway.errors import ConfigError
@@ -30,26 +28,27 @@ from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.gc import PeriodicGc, recover_after_crash
 from sftp_gateway.hostkeys import load_host_keys
 from sftp_gateway.idle import IdleWatcher
+from sftp_gateway.proxyproto import ProxyGate
+from sftp_gateway.records import ClientInfo
 from sftp_gateway.scp import handle_exec
 from sftp_gateway.sessions import RevocationWatcher, SessionRegistry
 from sftp_gateway.sftp.handler import GatewaySFTPInterface
 from sftp_gateway.sftp.protocol import GatewaySFTPServer
+from sftp_gateway.signals import capture_signals
 from sftp_gateway.ssh import GatewayServer
 from sftp_gateway.storage.base import Storage
 from sftp_gateway.storage.s3 import S3Storage
-from sftp_gateway.transfer import ActiveUploads, ClientInfo
+from sftp_gateway.supervisor import bind_listener
+from sftp_gateway.transfer import ActiveUploads
 from sftp_gateway.upload.budget import Owner
 from sftp_gateway.upload.services import UploadServices
+from sftp_gateway.web import admin_server
+from sftp_gateway.web.upload_page import upload_server
+from sftp_gateway.workers import Worker
 
 log = logging.getLogger(__name__)
 SERVER_VERSION = f"SSH-2.0-sftp-gateway_{__version__}"
-
-
-def build_catalog(settings: Settings) -> Catalog:
-    engine = make_engine(settings.catalog.url)
-    if settings.catalog.auto_migrate:
-        upgrade(engine)
-    return Catalog(engine)
+CLOSE_OUT_SECONDS = 10.0  # at stop: for sessions to record their uploads as interrupted
 
 
 def usable_host_keys(server: ServerConfig) -> list[paramiko.PKey]:
@@ -74,8 +73,13 @@ class Gateway:
         *,
         storage: Storage | None = None,
         catalog: Catalog | None = None,
-        background: list[Any] | None = None,
+        background: list[Worker] | None = None,
+        listener: socket.socket | None = None,
+        host_jobs: bool = True,
     ) -> None:
+        """`listener`: a socket already bound and listening (a worker of `serve
+        --workers N` gets the supervisor's); `host_jobs=False` leaves the periodic gc and
+        the admin listener to the supervisor, which runs them once per host."""
         self.settings = settings
         self.storage = storage or S3Storage(settings.storage)
         self.catalog = catalog or build_catalog(settings)
@@ -83,6 +87,11 @@ class Gateway:
         self.uploads = UploadServices.from_settings(settings)  # one budget, one sender
         self.authenticator = Authenticator(self.catalog)
         self.sessions = SessionRegistry()
+        self.proxy = ProxyGate(  # PROXY protocol: the real client address, before SSH
+            settings.server.proxy_protocol,
+            settings.server.proxy_trusted_networks,
+            max_waiting=settings.server.startups[2],
+        )
         sshcompat.install_fast_hmac()
         self.host_keys = usable_host_keys(settings.server)
         self.admission = Admission(
@@ -90,32 +99,33 @@ class Gateway:
             BanStore(self.catalog.engine),
             user_exists=lambda name: self.catalog.get_user(name) is not None,
         )
-        self.background = [  # objects with start() and stop()
+        self.background: list[Worker] = [
             self.admission,
             *(background or []),
-            PeriodicGc(settings, self.catalog, self.storage),
+            *([PeriodicGc(settings, self.catalog, self.storage)] if host_jobs else []),
             RevocationWatcher(
                 self.sessions, self.authenticator, settings.server.revocation_check_interval
             ),
             IdleWatcher(self.sessions, settings.server),
         ]
-        self._listener: socket.socket | None = None
+        self.admin = admin_server(self) if host_jobs else None  # /metrics, /readyz, /uploads
+        self.background += [self.admin] if self.admin else []
+        self.web = upload_server(self) if host_jobs else None  # web.listen: upload links
+        self.background += [self.web] if self.web else []
+        self._listener: socket.socket | None = listener
         self._transports: set[paramiko.Transport] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._drain_cut = threading.Event()  # a second Ctrl-C: stop waiting for uploads
         self._accept_thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> tuple[str, int]:
-        """Bind and start serving in the background; returns the bound (host, port)."""
-        server = self.settings.server
-        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((server.host, server.port))
-        listener.listen(128)
+        """Bind (unless given a listener) and start serving in the background; returns
+        the bound (host, port)."""
+        listener = self._listener or bind_listener(self.settings.server)
         listener.settimeout(0.5)
         self._listener = listener
         self.address = listener.getsockname()[:2]
@@ -134,39 +144,43 @@ class Gateway:
         return self.address
 
     def run(self, on_started: Callable[[tuple[str, int]], None] | None = None) -> None:
-        """Serve until SIGTERM or SIGINT, then drain and stop."""
-        stop = threading.Event()
-        previous = {
-            sig: signal.signal(sig, lambda *_: stop.set())
-            for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
-            address = self.start()
-            if on_started:
-                on_started(address)
-            stop.wait()
-            log.info("shutting down: draining uploads in progress")
-        finally:
-            self.stop(self.settings.server.drain_timeout)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        """Serve until SIGTERM or SIGINT, then drain and stop; a second Ctrl-C cuts the
+        drain short (the uploads still open are abandoned, never half-completed)."""
+        with capture_signals(on_force=self._cut_drain) as stop:
+            try:
+                address = self.start()
+                if on_started:
+                    on_started(address)
+                stop.wait()
+                log.info("shutting down: draining uploads in progress")
+            finally:
+                self.stop(self.settings.server.drain_timeout)
+
+    def _cut_drain(self) -> None:
+        self._drain_cut.set()
 
     def stop(self, drain_timeout: float = 0.0) -> None:
-        """Stop accepting, wait for open uploads up to drain_timeout, close the rest."""
+        """Stop accepting, wait up to drain_timeout for uploads with bytes in flight (not
+        for handles left idle), then close every connection: each session closes out its
+        uploads (interrupted, resumable), and the parts sender stays until they have."""
         self._stopping.set()
         if self._listener is not None:
             self._listener.close()
         if self._accept_thread is not None:
             self._accept_thread.join(timeout=5)
         deadline = time.monotonic() + drain_timeout
-        while self.active.all() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while self.active.in_flight() and time.monotonic() < deadline:
+            if self._drain_cut.wait(0.1):
+                break
         with self._lock:
             transports = list(self._transports)
         for transport in transports:
             transport.close()
         for transport in transports:
             transport.join(timeout=5)
+        closing_deadline = time.monotonic() + CLOSE_OUT_SECONDS
+        while self.active.all() and time.monotonic() < closing_deadline:
+            time.sleep(0.05)  # the sessions' threads are closing out their uploads
         for worker in reversed(self.background):
             worker.stop()
         self.uploads.close()
@@ -186,7 +200,13 @@ class Gateway:
                 log.exception("accept failed")
                 time.sleep(0.1)
                 continue
-            ticket = self.admission.admit(peer[0], sock)
+            route = self.proxy.route(peer[0])
+            if route == "header":  # the real address comes first: read it in its thread
+                threading.Thread(
+                    target=self._proxied, args=(sock, peer[0]), name="proxy", daemon=True
+                ).start()
+                continue
+            ticket = self.admission.admit(peer[0], sock) if route == "direct" else None
             if ticket is None:  # banned or over a limit: no Transport, no thread
                 sock.close()
                 continue
@@ -197,14 +217,29 @@ class Gateway:
                 daemon=True,
             ).start()
 
+    def _proxied(self, sock: socket.socket, peer: str) -> None:
+        """Behind a balancer: admission (bans, per-source limits) sees the header's
+        address, never the balancer's."""
+        address = self.proxy.client_address(sock, peer)
+        ticket = self.admission.admit(address, sock) if address is not None else None
+        if ticket is None:
+            sock.close()
+            return
+        assert address is not None
+        self._handshake(sock, address, ticket, via=peer)
+
     def _track(self, transport: paramiko.Transport) -> None:
         """Remember open transports (closed at stop), forgetting the ended ones."""
         with self._lock:
             self._transports = {t for t in self._transports if t.is_active()}
             self._transports.add(transport)
 
-    def _handshake(self, sock: socket.socket, client_ip: str, ticket: Ticket) -> None:
+    def _handshake(
+        self, sock: socket.socket, client_ip: str, ticket: Ticket, via: str | None = None
+    ) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn_log = logs.connection_logger(logs.new_connection_id(), client_ip, log)
+        logs.event(conn_log, "connect", "connection from %s", client_ip, via=via)
         config = self.settings.server
         transport = sshcompat.server_transport(
             sock,
@@ -226,7 +261,12 @@ class Gateway:
             sessions=self.sessions,
             ticket=ticket,
             max_auth_tries=config.max_auth_tries,
+            conn_log=conn_log,
         )
+        transport.packetizer.peer = client_ip  # its refusal lines name the real address
+        transport.packetizer.conn = conn_log.extra["conn"]  # type: ignore[index]
+        ticket.on_end = server.log_session_end
+        ticket.on_authenticated = server.on_authenticated
         ticket.attach(transport)
         self._track(transport)
         try:
@@ -234,7 +274,7 @@ class Gateway:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             ticket.handshake_failed()
             if not ticket.expired:
-                log.info("SSH handshake with %s failed: %s", client_ip, exc)
+                conn_log.info("SSH handshake with %s failed: %s", client_ip, exc)
             transport.close()
 
     def _filesystem_for(self, principal: Principal, client: ClientInfo) -> UserFilesystem:

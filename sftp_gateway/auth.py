@@ -1,24 +1,39 @@
 """Who is connecting: authorized_keys parsing, fingerprints and the Principal.
 
-No paramiko server types here: the SSH layer asks `Authenticator` whether a key
-belongs to a user and gets a Principal (or None) back.
+No paramiko here (keys are checked with `cryptography`, as the CLI adds them): the SSH
+layer asks `Authenticator` whether a key belongs to a user and gets a Principal (or
+None) back. Principal and PublicKey are shared records (records.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from sftp_gateway.keyoptions import KeyOptionError, parse_options, split_options
+from sftp_gateway.records import Principal, PublicKey
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the CLI adds users without loading paramiko
+    import paramiko
+
     from sftp_gateway.catalog.repository import Catalog
+
+__all__ = [
+    "DEFAULT_PERMISSIONS",
+    "PERMISSIONS",
+    "Authenticator",
+    "Principal",
+    "PublicKey",
+    "fingerprint_of",
+    "parse_permissions",
+    "parse_public_key",
+]
 
 log = logging.getLogger(__name__)
 LOOKS_LIKE_TYPE = ("ssh-", "ecdsa-", "sk-")
@@ -32,41 +47,6 @@ ACCEPTED_KEY_TYPES = (
     "ssh-rsa",
 )
 MIN_RSA_BITS = 2048
-
-
-@dataclass(frozen=True)
-class PublicKey:
-    """One key from an authorized_keys line."""
-
-    key_type: str
-    blob: bytes
-    comment: str | None
-    options: str | None = None  # authorized_keys options, validated (keyoptions.py)
-
-    @property
-    def fingerprint(self) -> str:
-        """OpenSSH's `SHA256:...` form, as `ssh-keygen -lf` prints it."""
-        digest = hashlib.sha256(self.blob).digest()
-        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-    @property
-    def line(self) -> str:
-        return f"{self.key_type} {base64.b64encode(self.blob).decode()}"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated user: what the rest of the gateway knows about who is there."""
-
-    name: str
-    home: str
-    permissions: frozenset[str]
-    email: str | None = None
-    key_fingerprint: str | None = None
-    key_options: str | None = None  # checked at login and by the revocation watcher
-
-    def may(self, permission: str) -> bool:
-        return permission in self.permissions
 
 
 def parse_permissions(text: str) -> frozenset[str]:
@@ -97,10 +77,10 @@ def parse_public_key(line: str) -> PublicKey:
         raise ValueError("the key's base64 data is missing")
     try:
         blob = base64.b64decode(fields[1], validate=True)
-        key = paramiko.PKey.from_type_string(key_type, blob)
-    except (binascii.Error, paramiko.SSHException, ValueError) as exc:
+        key = load_ssh_public_key(f"{key_type} {fields[1]}".encode())
+    except (binascii.Error, UnsupportedAlgorithm, ValueError) as exc:
         raise ValueError(f"the key data is not a valid {key_type} key") from exc
-    if key_type == "ssh-rsa" and key.get_bits() < MIN_RSA_BITS:
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise ValueError(f"RSA keys need at least {MIN_RSA_BITS} bits")
     comment = " ".join(fields[2:]) or None
     return PublicKey(key_type=key_type, blob=blob, comment=comment, options=options or None)

@@ -10,25 +10,60 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import sqlalchemy.engine
+import sqlalchemy.exc
 
+from sftp_gateway import logs, tables
 from sftp_gateway.auth import DEFAULT_PERMISSIONS, PERMISSIONS, parse_permissions, parse_public_key
-from sftp_gateway.catalog.repository import STATUSES, CatalogError, UploadRecord
-from sftp_gateway.config import Settings, load_settings
+from sftp_gateway.catalog import build_catalog
+from sftp_gateway.catalog.repository import (
+    IN_PROGRESS,
+    STATUSES,
+    Catalog,
+    CatalogError,
+    UploadRecord,
+)
+from sftp_gateway.config import Settings, load_settings, resolve_config_path
 from sftp_gateway.errors import ConfigError, GatewayError
 
 F = TypeVar("F", bound=Callable[..., Any])
+CATALOG_URL_META = "sftp_gateway.catalog_url"  # click context meta: for error lines
 USER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"sftp-gateway: {message}", err=True)
     sys.exit(code)
+
+
+def describe_database(url: str) -> str:
+    """`postgresql database sftp on db.internal:5432`: where, never the password."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return "the catalog database (catalog.url is not a database URL)"
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite database {parsed.database or ':memory:'}"
+    where = parsed.host or "localhost"
+    if parsed.port:
+        where += f":{parsed.port}"
+    return f"{backend} database {parsed.database or '-'} on {where}"
+
+
+def _catalog_unreachable(exc: Exception) -> str:
+    """One line for a catalog that is down, missing or refusing us (no SQL, no trace)."""
+    ctx = click.get_current_context(silent=True)
+    catalog_url = ctx.meta.get(CATALOG_URL_META) if ctx is not None else None
+    where = describe_database(catalog_url) if catalog_url else "the catalog database"
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"cannot use {where}: {reason[0] if reason else type(exc).__name__}"
 
 
 def reports_errors(fn: F) -> F:
@@ -42,6 +77,8 @@ def reports_errors(fn: F) -> F:
             raise  # usage errors: click prints them and exits 2
         except ConfigError as exc:
             fail(f"config error: {exc}", 2)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            fail(_catalog_unreachable(exc), 1)
         except (CatalogError, GatewayError) as exc:
             fail(str(exc), 1)
         except Exception as exc:  # the last resort: no traceback for the operator
@@ -60,13 +97,22 @@ config_option = click.option(
 )
 
 
-def _settings(config_path: Path | None) -> Settings:
-    return load_settings(config_path)
+def _settings(config_path: Path | None, log_format: logs.Format = "text") -> Settings:
+    """The validated config; logging follows its `logging` section from here on."""
+    settings = load_settings(config_path)
+    _configure_logging(settings, log_format)
+    return settings
 
 
-def _catalog(settings: Settings):  # type: ignore[no-untyped-def]
-    from sftp_gateway.app import build_catalog
+def _remember_catalog_url(url: str) -> None:
+    """So an unreachable catalog is reported by host and database (reports_errors)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[CATALOG_URL_META] = url
 
+
+def _catalog(settings: Settings) -> Catalog:
+    _remember_catalog_url(settings.catalog.url)
     return build_catalog(settings)
 
 
@@ -75,39 +121,122 @@ def _catalog(settings: Settings):  # type: ignore[no-untyped-def]
 @click.version_option(package_name="sftp-gateway")
 def main(verbose: bool) -> None:
     """An SFTP server that streams uploads into S3, records them and announces them."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "werkzeug", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure("text", logging.DEBUG if verbose else logging.INFO)  # until the config is read
+
+
+def _configure_logging(settings: Settings, default_format: logs.Format) -> None:
+    """`logging.format` (else the command's default) and `logging.level` (-v: DEBUG)."""
+    context = click.get_current_context(silent=True)
+    verbose = bool(context and context.find_root().params.get("verbose"))
+    level = logging.DEBUG if verbose else settings.logging.level
+    logs.configure(settings.logging.format_for(default_format), level)
 
 
 @main.command()
 @config_option
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes on the one listening socket (default: server.workers, else"
+    " one per core); 1: a single process.",
+)
+@click.option("--worker-of", "worker_of", default=None, hidden=True)  # set by the supervisor
 @reports_errors
-def serve(config_path: Path | None) -> None:
+def serve(config_path: Path | None, workers: int | None, worker_of: str | None) -> None:
     """Run the SFTP server (and the event dispatcher when a queue is configured)."""
+    from sftp_gateway import supervisor
+
+    spec = supervisor.WorkerSpec.parse(worker_of) if worker_of is not None else None
+    if spec is not None:  # first: a worker never outlives its supervisor, even booting
+        supervisor.die_with_parent(spec.parent)
+    settings = _settings(config_path, "json")
+    catalog = _catalog(settings)
+    if spec is not None:
+        supervisor.run_worker(settings, catalog, spec)
+        return
+    count = supervisor.worker_count(settings, workers)
+    if count > 1:
+        verbose = bool(click.get_current_context().find_root().params.get("verbose"))
+        path = resolve_config_path(config_path).resolve()
+        sys.exit(supervisor.Supervisor(settings, catalog, count, path, verbose).run())
     from sftp_gateway.app import Gateway
     from sftp_gateway.runtime import background_workers
 
-    settings = _settings(config_path)
-    catalog = _catalog(settings)
     Gateway(settings, catalog=catalog, background=background_workers(settings, catalog)).run()
 
 
 @main.command("check-config")
 @config_option
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Also prove each S3/SQS permission the config needs (leaves nothing behind).",
+)
+@click.option(
+    "--send-test-event",
+    is_flag=True,
+    help="With --live: send one test upload event to the queue (the notifier emails it).",
+)
 @reports_errors
-def check_config(config_path: Path | None) -> None:
+def check_config(config_path: Path | None, live: bool, send_test_event: bool) -> None:
     """Validate the config file and say so, with the SSH algorithms it offers."""
     from sftp_gateway.crypto_policy import describe
 
+    if send_test_event and not live:
+        raise click.UsageError("--send-test-event needs --live")
     settings = _settings(config_path)
     settings.notifier.password()
     click.echo(f"config OK: listen {settings.server.listen}, bucket {settings.storage.bucket}")
     for line in describe(settings.server.crypto_policy):
         click.echo(line)
+    if live:
+        _live_check(settings, send_test_event)
+
+
+def _live_check(settings: Settings, send_test_event: bool) -> None:
+    """One line per permission: ok, DENIED (code) or FAILED (code); exit 1 on any miss."""
+    from sftp_gateway.livecheck import LiveCheck
+
+    results = LiveCheck(settings, send_test_event=send_test_event).run()
+    width = max(len(r.name) for r in results)
+    for result in results:
+        click.echo(result.line(width))
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        fail(f"{len(failed)} of {len(results)} live checks failed", 1)
+
+
+@main.command("iam-policy")
+@config_option
+@click.option(
+    "--role",
+    type=click.Choice(["gateway", "notifier"]),
+    default="gateway",
+    show_default=True,
+    help="The process the policy is for: serve (gateway) or the notifier.",
+)
+@click.option(
+    "--bucket-policy",
+    "for_bucket",
+    is_flag=True,
+    help="Print the recommended bucket policy instead (TLS only, the configured encryption).",
+)
+@reports_errors
+def iam_policy(config_path: Path | None, role: str, for_bucket: bool) -> None:
+    """Print the least-privilege IAM policy (JSON) for the configured bucket, prefix and queue.
+
+    Notes that go with it (Block Public Access, what cannot be narrowed) go to stderr,
+    so stdout stays valid JSON for `> policy.json`.
+    """
+    from sftp_gateway import iam
+
+    settings = _settings(config_path)
+    chosen: iam.Role = "notifier" if role == "notifier" else "gateway"
+    policy = iam.bucket_policy(settings) if for_bucket else iam.identity_policy(settings, chosen)
+    click.echo(json.dumps(policy, indent=2))
+    for note in iam.policy_notes(settings, chosen, for_bucket):
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()
@@ -134,7 +263,7 @@ def notifier(config_path: Path | None, once: bool) -> None:
     """Read upload events from SQS and email the people concerned."""
     from sftp_gateway.notifier.worker import run_worker
 
-    settings = _settings(config_path)
+    settings = _settings(config_path, "json")
     run_worker(settings, _catalog(settings), once=once)
 
 
@@ -287,12 +416,46 @@ def users_list(as_json: bool, config_path: Path | None) -> None:
             )
         )
         return
+    if tables.stdout_is_terminal():
+        _echo_table(USER_COLUMNS, [row for u in records for row in _user_rows(u)])
+        return
     for u in records:
-        keys = ", ".join(
-            f"{k.options} {k.fingerprint}" if k.options else k.fingerprint for k in u.keys
-        )
+        keys = ", ".join(_key_label(k) for k in u.keys)
         perms = ",".join(sorted(u.permissions))
         click.echo(f"{u.name}\t{u.email or '-'}\t{u.home}/\t{perms}\t{keys}")
+
+
+USER_COLUMNS = [
+    tables.Column("NAME"),
+    tables.Column("EMAIL"),
+    tables.Column("HOME"),
+    tables.Column("PERMISSIONS"),
+    tables.Column("CREATED"),
+    tables.Column("KEYS"),
+]
+
+
+def _key_label(key: Any) -> str:
+    return f"{key.options} {key.fingerprint}" if key.options else key.fingerprint
+
+
+def _user_rows(user: Any) -> list[list[str]]:
+    """The user on one row with its first key; each further key on a row of its own."""
+    labels = [_key_label(k) for k in user.keys] or ["-"]
+    first = [
+        user.name,
+        user.email or "-",
+        user.home + "/",
+        ",".join(sorted(user.permissions)),
+        tables.local_time(user.created_at),
+        labels[0],
+    ]
+    return [first, *([""] * 5 + [label] for label in labels[1:])]
+
+
+def _echo_table(columns: list[tables.Column], rows: list[list[str]]) -> None:
+    """An aligned table with a header, or a line saying there is nothing to show."""
+    click.echo(tables.render_table(columns, rows) if rows else "(none)")
 
 
 # -- uploads -------------------------------------------------------------------------
@@ -307,34 +470,58 @@ def _parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 date", param_hint="--since"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        return tables.parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
-def _upload_line(u: UploadRecord) -> str:
-    return "\t".join(
-        [
-            u.id,
-            u.started_at.isoformat(timespec="seconds"),
-            u.user_name,
-            u.status,
-            str(u.size),
-            u.sha256 or "-",
-            u.client_ip or "-",
-            f"s3://{u.bucket}/{u.object_key}",
-        ]
-    )
+def _upload_fields(u: UploadRecord, with_rate: bool, now: datetime) -> list[str]:
+    """TSV fields: stable columns for scripts; bytes/s last when listing in_progress."""
+    fields = [
+        u.id,
+        u.started_at.isoformat(timespec="seconds"),
+        u.user_name,
+        u.status,
+        str(u.size),
+        u.sha256 or "-",
+        u.client_ip or "-",
+        f"s3://{u.bucket}/{u.object_key}",
+    ]
+    if with_rate:
+        fields.append(str(int(tables.upload_rate(u.size, u.started_at, now))))
+    return fields
+
+
+def _upload_columns(with_rate: bool) -> list[tables.Column]:
+    columns = [
+        tables.Column("STARTED"),
+        tables.Column("USER"),
+        tables.Column("STATUS"),
+        tables.Column("SIZE", right=True),
+    ]
+    if with_rate:
+        columns.append(tables.Column("RATE", right=True))
+    return [*columns, tables.Column("FROM"), tables.Column("OBJECT"), tables.Column("ID")]
+
+
+def _upload_row(u: UploadRecord, with_rate: bool, now: datetime) -> list[str]:
+    """A row for people: local time, 1.5 MiB, the average rate so far of a running upload."""
+    row = [tables.local_time(u.started_at), u.user_name, u.status, tables.human_size(u.size)]
+    if with_rate:
+        row.append(tables.human_rate(tables.upload_rate(u.size, u.started_at, now)))
+    return [*row, u.client_ip or "-", f"s3://{u.bucket}/{u.object_key}", u.id]
+
+
+def _upload_json(u: UploadRecord, with_rate: bool, now: datetime) -> dict[str, Any]:
+    out = u.as_dict()
+    if with_rate:
+        out["bytes_per_second"] = round(tables.upload_rate(u.size, u.started_at, now), 1)
+    return out
 
 
 @uploads.command("list")
 @click.option("--user", default=None)
-@click.option("--since", default=None, help="ISO 8601 date or time (UTC unless stated).")
+@click.option("--since", default=None, help=tables.SINCE_HELP)
 @click.option("--status", type=click.Choice(STATUSES), default=None)
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True)
@@ -348,16 +535,18 @@ def uploads_list(
     as_json: bool,
     config_path: Path | None,
 ) -> None:
-    """List uploads, newest first."""
+    """List uploads, newest first (with the rate so far for --status in_progress)."""
     since_at = _parse_since(since)
     records = _catalog(_settings(config_path)).list_uploads(
         user=user, since=since_at, status=status, limit=limit
     )
+    with_rate, now = status == IN_PROGRESS, datetime.now(UTC)
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in records], indent=2))
-        return
-    for record in records:
-        click.echo(_upload_line(record))
+        click.echo(json.dumps([_upload_json(r, with_rate, now) for r in records], indent=2))
+    elif tables.stdout_is_terminal():
+        _echo_table(_upload_columns(with_rate), [_upload_row(r, with_rate, now) for r in records])
+    elif records:
+        click.echo(tables.render_tsv([_upload_fields(r, with_rate, now) for r in records]))
 
 
 @uploads.command("show")
@@ -405,6 +594,7 @@ def db_upgrade(config_path: Path | None) -> None:
     from sftp_gateway.catalog.db import make_engine, upgrade
 
     settings = _settings(config_path)
+    _remember_catalog_url(settings.catalog.url)
     upgrade(make_engine(settings.catalog.url))
     click.echo("catalog schema is up to date")
 
@@ -433,6 +623,14 @@ def bans_list(as_json: bool, config_path: Path | None) -> None:
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))
         return
+    if tables.stdout_is_terminal():
+        columns = ["ADDRESS", "BANNED UNTIL", "SCORE", "REASON"]
+        rows = [
+            [r.address, tables.local_time(r.banned_until), str(r.score), r.reason or "-"]
+            for r in records
+        ]
+        _echo_table([tables.Column(c, right=c == "SCORE") for c in columns], rows)
+        return
     for r in records:
         until = r.banned_until.isoformat(timespec="seconds")
         click.echo(f"{r.address}\t{until}\t{r.score}\t{r.reason or '-'}")
@@ -455,3 +653,205 @@ def bans_remove(address: str, config_path: Path | None) -> None:
     if not _ban_store(config_path).remove_ban(normalised):
         fail(f"{normalised} is not banned", 1)
     click.echo(f"removed ban on {normalised}")
+
+
+# -- events --------------------------------------------------------------------------
+
+
+@main.group()
+def events() -> None:
+    """Upload events not yet accepted by SQS: pending, retrying, parked."""
+
+
+def _age(seconds: float) -> str:
+    """3d4h, 2h5m, 4m10s, 12s: the age of an event at a glance."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+@events.command("list")
+@click.option("--failed", is_flag=True, help="Only events that failed (retrying or parked).")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@reports_errors
+def events_list(failed: bool, limit: int, as_json: bool, config_path: Path | None) -> None:
+    """List unsent events, oldest first: id, state, type, upload, attempts, age, error."""
+    records = _catalog(_settings(config_path)).unsent_events(failed_only=failed, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    for r in records:
+        error = (r.last_error or "-").replace("\n", " ")[:200]
+        fields = [str(r.id), r.state, r.event_type, r.upload_id, str(r.attempts)]
+        click.echo("\t".join([*fields, _age(r.age_seconds()), error]))
+
+
+@events.command("retry")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "every_parked", is_flag=True, help="Every parked event.")
+@config_option
+@reports_errors
+def events_retry(event_ids: tuple[str, ...], every_parked: bool, config_path: Path | None) -> None:
+    """Un-park events (outbox id or event_id): sent at the dispatcher's next tick."""
+    if bool(event_ids) == every_parked:
+        raise click.UsageError("give EVENT_ID... or --all (not both)")
+    count = _catalog(_settings(config_path)).retry_events(event_ids, every_parked=every_parked)
+    click.echo(f"{count} event(s) due now")
+
+
+# -- upload links ----------------------------------------------------------------------
+
+
+@main.group()
+def links() -> None:
+    """Browser upload links: a URL that lets its holder upload as a user, until it expires."""
+
+
+def _link_store(settings: Settings):  # type: ignore[no-untyped-def]
+    from sftp_gateway.catalog.links import LinkStore
+
+    return LinkStore(_catalog(settings).engine)
+
+
+def _duration(value: str) -> timedelta:
+    """`7d`, `12h`, `30m`, `1w`: how long a link lives."""
+    now = datetime.now(UTC)
+    try:
+        delta = now - tables.parse_since(value, now)
+    except ValueError:
+        delta = timedelta(0)
+    if delta <= timedelta(0) or value.strip()[:1] not in "0123456789":
+        raise click.BadParameter(f"{value!r} is not a duration: use 30m, 12h, 7d or 2w")
+    return delta
+
+
+def _link_size(value: str | None) -> int | None:
+    from sftp_gateway.units import parse_size
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-size") from None
+
+
+def _link_folder(value: str | None) -> str | None:
+    from sftp_gateway.paths import normalize
+
+    if value is None:
+        return None
+    if ".." in value.replace("\\", "/").split("/"):
+        raise click.BadParameter(
+            "must stay inside the user's home (no '..')", param_hint="--folder"
+        )
+    try:
+        folder = normalize(value)
+    except GatewayError as exc:
+        raise click.BadParameter(str(exc), param_hint="--folder") from None
+    return None if folder == "/" else folder
+
+
+def link_base_url(settings: Settings) -> str:
+    """web.public_url, else http:// + the listener that serves the upload pages."""
+    if settings.web.public_url:
+        return settings.web.public_url
+    listen = settings.web.listen or settings.admin.listen
+    if not listen:
+        raise ConfigError("web.listen: set web.listen or admin.listen to serve upload links")
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        raise ConfigError("web.public_url: required when the upload listener is on every address")
+    return f"http://{host}:{port}"
+
+
+@links.command("create")
+@click.argument("user")
+@click.option("--expires", default="7d", show_default=True, help="Lifetime: 30m, 12h, 7d, 2w.")
+@click.option("--max-uploads", type=click.IntRange(1), default=None, help="Uploads allowed.")
+@click.option(
+    "--max-size", default=None, help="Largest file, e.g. 2GiB (and uploads.max_file_size)."
+)
+@click.option("--folder", default=None, help="Sub-folder of the user's home the files land in.")
+@click.option("--note", default=None, help="Shown on the page and in `links list`.")
+@config_option
+@reports_errors
+def links_create(
+    user: str,
+    expires: str,
+    max_uploads: int | None,
+    max_size: str | None,
+    folder: str | None,
+    note: str | None,
+    config_path: Path | None,
+) -> None:
+    """Create an upload link for USER and print its URL (the token is shown only once)."""
+    lifetime = _duration(expires)
+    size, sub_folder = _link_size(max_size), _link_folder(folder)
+    settings = _settings(config_path)
+    base = link_base_url(settings)
+    if _catalog(settings).get_user(user) is None:
+        fail(f"no such user: {user}", 1)
+    link, token = _link_store(settings).create(
+        user,
+        expires_in=lifetime,
+        max_uploads=max_uploads,
+        max_size=size,
+        folder=sub_folder,
+        note=note,
+    )
+    click.echo(f"{base}/u/{token}")
+    click.echo(
+        f"link {link.id} for {user}, expires {link.expires_at.isoformat(timespec='seconds')}",
+        err=True,
+    )
+
+
+@links.command("list")
+@click.option("--user", default=None, help="Only this user's links.")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+@reports_errors
+def links_list(user: str | None, as_json: bool, config_path: Path | None) -> None:
+    """List links: id, user, folder, expires, uploads used/max, note, revoked."""
+    records = _link_store(_settings(config_path)).list(user)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    rows = [
+        [
+            r.id,
+            r.user_name,
+            r.folder or "/",
+            tables.local_time(r.expires_at),
+            f"{r.uploads_used}/{r.max_uploads if r.max_uploads is not None else '-'}",
+            "yes" if r.revoked_at else "no",
+            r.note or "-",
+        ]
+        for r in records
+    ]
+    if tables.stdout_is_terminal():
+        headers = ["ID", "USER", "FOLDER", "EXPIRES", "UPLOADS", "REVOKED", "NOTE"]
+        _echo_table([tables.Column(h) for h in headers], rows)
+        return
+    for row in rows:
+        click.echo("\t".join(row))
+
+
+@links.command("revoke")
+@click.argument("link_id")
+@config_option
+@reports_errors
+def links_revoke(link_id: str, config_path: Path | None) -> None:
+    """Revoke link LINK_ID: its page and uploads in progress are refused from now on."""
+    if not _link_store(_settings(config_path)).revoke(link_id):
+        fail(f"no upload link with id {link_id}", 1)
+    click.echo(f"revoked link {link_id}")

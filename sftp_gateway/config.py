@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,44 +25,10 @@ from pydantic import (
 
 from sftp_gateway.errors import ConfigError
 from sftp_gateway.s3limits import MAX_PART_SIZE, MIN_PART_SIZE
+from sftp_gateway.units import MIB, parse_size
 
 ENV_PREFIX = "SFTP_GATEWAY__"
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
-MIB = 1024 * 1024
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1024**4,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(value: Any) -> int:
-    """Turn `8MiB`, `1GiB`, `500 KB` or a plain integer into bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 8MiB or 1GiB")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"{value!r} is not a size such as 8MiB or 1GiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
@@ -138,6 +103,10 @@ class ServerConfig(_Section):
     # The SSH algorithms offered (crypto_policy.py): modern, fips, or compat (old clients).
     crypto_policy: Literal["modern", "fips", "compat"] = "modern"
     drain_timeout: float = Field(default=30.0, ge=0)
+    # Worker processes accepting on the one listening socket (`serve --workers N`
+    # overrides it); None: one per core (os.cpu_count()); 1: a single process, no
+    # supervisor. Each worker gets uploads.memory_budget / workers.
+    workers: int | None = Field(default=None, ge=1, le=256)
     # Names this process in the catalog, so a restart recovers only its own uploads.
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     # Seconds between re-checks of open sessions: a removed user or key, or a key whose
@@ -151,6 +120,31 @@ class ServerConfig(_Section):
     idle_timeout: float = Field(default=900.0, ge=0)
     # SSH keepalive sent after this many quiet seconds (sshd ClientAliveInterval); 0: off.
     keepalive_interval: float = Field(default=30.0, ge=0)
+    # PROXY protocol v1/v2 (AWS NLB, HAProxy): the client's real address comes in a header
+    # before SSH. off | optional (a header may come) | required (it must); a header is
+    # read only from proxy_trusted_networks (CIDR), the balancers' own addresses.
+    proxy_protocol: Literal["off", "optional", "required"] = "off"
+    proxy_trusted_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("proxy_protocol", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false."""
+        return "off" if value is False else value
+
+    @field_validator("proxy_trusted_networks")
+    @classmethod
+    def _check_proxy_networks(cls, values: list[str]) -> list[str]:
+        return BanConfig._check_networks(values)
+
+    @model_validator(mode="after")
+    def _proxy_needs_trusted_networks(self) -> ServerConfig:
+        if self.proxy_protocol != "off" and not self.proxy_trusted_networks:
+            raise ValueError(
+                "proxy_trusted_networks: list the load balancers' networks when"
+                f" proxy_protocol is {self.proxy_protocol}"
+            )
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -160,9 +154,13 @@ class ServerConfig(_Section):
             raise ValueError(f"{value!r} is not host:port")
         return value
 
-    @field_validator("max_startups")
+    @field_validator("max_startups", mode="before")
     @classmethod
-    def _check_max_startups(cls, value: str) -> str:
+    def _check_max_startups(cls, value: Any) -> str:
+        """`max_startups: 100` (an int in YAML) means "100"; the three-part form must be
+        quoted in YAML, which otherwise reads `100:30:100` as one base-60 number."""
+        if isinstance(value, bool):
+            raise ValueError("expected start:rate:full such as 10:30:100")
         parse_max_startups(value)
         return str(value).strip()
 
@@ -194,6 +192,20 @@ class StorageConfig(_Section):
     # A CRC32 on every part and PUT, verified by S3 (and instead of SHA-256 signing
     # every body). Off only for stores that mishandle composite checksums (moto).
     part_checksums: bool = True
+    # Seconds to open a connection to S3, and to wait for each read of a response (a
+    # stalled S3 fails the request after it; the SDK then retries up to max_attempts).
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    read_timeout: float = Field(default=120.0, gt=0, le=3600)
+    # The SHA-256 of a multipart object goes on it as the tag `sha256` (PutObjectTagging:
+    # no rewrite). true also copies the object onto itself to put it in its metadata:
+    # a copy as long as the upload, billed, a second ObjectCreated, a noncurrent version.
+    sha256_in_metadata: bool = False
+    # Objects stored compressed (each part its own gzip member / zstd frame, so resume
+    # works); the SFTP view, the catalog's size and the SHA-256 stay the file's own.
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    compression_level: int | None = None  # None: gzip 6, zstd 3
+    # How S3 readers learn it: the Content-Encoding header (the key keeps its name).
+    compression_naming: Literal["content-encoding"] = "content-encoding"
 
     @field_validator("prefix")
     @classmethod
@@ -213,6 +225,18 @@ class StorageConfig(_Section):
             raise ValueError("kms_key_id is set but sse is not aws:kms")
         return self
 
+    @model_validator(mode="after")
+    def _level_in_range(self) -> StorageConfig:
+        ranges = {"gzip": (1, 9), "zstd": (1, 22)}
+        level = self.compression_level
+        if level is not None and self.compression in ranges:
+            low, high = ranges[self.compression]
+            if not low <= level <= high:
+                raise ValueError(
+                    f"compression_level {level} is outside {low}..{high} for {self.compression}"
+                )
+        return self
+
 
 class CatalogConfig(_Section):
     url: str = "sqlite:///catalog.db"
@@ -230,6 +254,9 @@ class EventsConfig(_Section):
     # FIFO only: the MessageGroupId; None groups by uploader (ordered per user).
     message_group_id: str | None = Field(default=None, min_length=1, max_length=128)
     batch_size: int = Field(default=10, ge=1, le=10)
+    # Tries of one event before it is parked (kept, not retried, until `sftp-gateway
+    # events retry`); SQS refusals no retry changes park it at once.
+    max_attempts: int = Field(default=1000, ge=1, le=1_000_000)
 
     @property
     def is_fifo(self) -> bool:
@@ -288,6 +315,11 @@ class UploadsConfig(_Section):
     )
     resume_ttl: float = Field(default=24 * 3600.0, gt=0)
     gc_interval: float = Field(default=3600.0, gt=0)
+    # A resume holds a lease in the catalog for this long, renewed while bytes flow, so
+    # two sessions (on any instance) never continue one upload; a dead one's expires.
+    resume_lease: float = Field(default=60.0, gt=0)
+    # How long CLOSE retries an unavailable catalog before it fails (nothing published).
+    catalog_retry: float = Field(default=30.0, ge=0)
     # Out-of-order writes wait in memory up to reorder_memory, then in a temporary file.
     reorder_memory: Size = 4 * MIB
     reorder_spill: Size = 256 * MIB
@@ -328,13 +360,127 @@ class UploadsConfig(_Section):
         return out
 
 
+class LoggingConfig(_Section):
+    # json: one object per line (CloudWatch, Loki, jq); text: classic lines plus
+    # key=value. None: json for `serve` and `notifier`, text for the demo and commands.
+    format: Literal["json", "text"] | None = None
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    def format_for(self, default: Literal["json", "text"]) -> Literal["json", "text"]:
+        """The configured format, else the command's own default."""
+        return self.format or default
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminConfig(_Section):
+    # The HTTP listener (sftp_gateway/web): /metrics, /healthz, /readyz, /uploads.
+    # None: off. "127.0.0.1:8080"-style host:port.
+    listen: str | None = None
+    # The env var holding a bearer token; required when listen is not a loopback address.
+    token_env: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return ServerConfig._check_listen(value)
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_off_loopback(cls, value: str | None, info: Any) -> str | None:
+        listen = info.data.get("listen")
+        if listen and not value and not is_loopback_host(listen.rpartition(":")[0]):
+            raise ValueError(f"required when admin.listen ({listen}) is not a loopback address")
+        return value or None
+
+    @property
+    def host(self) -> str:
+        return (self.listen or "").rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int((self.listen or ":0").rpartition(":")[2])
+
+    def token(self) -> str | None:
+        """The bearer token, read from the env var the config names."""
+        if not self.token_env:
+            return None
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise ConfigError(f"admin.token_env: env var {self.token_env} is not set")
+        return value
+
+
+class WebConfig(_Section):
+    # Browser upload links (sftp_gateway/web/upload_*.py). None: the pages share the
+    # admin listener under /u/ (without the admin token: a link's token is the
+    # credential); "0.0.0.0:8443"-style host:port: their own listener, upload pages only.
+    listen: str | None = None
+    # The base of the URLs `links create` prints, e.g. "https://upload.example.com".
+    # None: http:// + web.listen (else admin.listen).
+    public_url: str | None = None
+    # Bytes per PATCH the page sends; rounded up to a multiple of storage.part_size so
+    # every request ends on a part S3 holds (what a resume continues from).
+    chunk_size: Size = 16 * MIB
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return ServerConfig._check_listen(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _check_chunk_size(cls, value: int) -> int:
+        if value < MIN_PART_SIZE or value > MAX_PART_SIZE:
+            raise ValueError("must be between 5MiB and 5GiB")
+        return value
+
+    @property
+    def host(self) -> str:
+        return (self.listen or "").rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int((self.listen or ":0").rpartition(":")[2])
+
+
 class Settings(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     storage: StorageConfig
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
     uploads: UploadsConfig = Field(default_factory=UploadsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @model_validator(mode="after")
     def _share_holds_a_part(self) -> Settings:
@@ -379,7 +525,8 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
         try:
             node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: not a valid value ({exc.problem})") from exc
+            problem = getattr(exc, "problem", None) or exc  # only MarkedYAMLError has one
+            raise ConfigError(f"{name}: not a valid value ({problem})") from exc
 
 
 def settings_from_dict(data: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:

@@ -16,12 +16,16 @@ import yaml
 
 from sftp_gateway.auth import DEFAULT_PERMISSIONS, parse_public_key
 from sftp_gateway.config import settings_from_dict
+from sftp_gateway.errors import GatewayError
 from sftp_gateway.hostkeys import generate_private_key, public_line, write_private_key
+from sftp_gateway.samplepdf import write_sample_pdf
 
 log = logging.getLogger(__name__)
 DEMO_BUCKET = "sftp-gateway-demo"
 DEMO_QUEUE = "sftp-gateway-uploads"
 DEMO_USER = "demo"
+LARGE_SAMPLE_SIZE = 50_000_000  # a realistic scanned-document size
+MOTO_MISSING = "the demo needs: pip install 'sftp-gateway[demo]'"
 
 
 def _free_port() -> int:
@@ -62,10 +66,25 @@ def ensure_demo_key(data_dir: Path) -> Path:
     return key_path
 
 
-def run_demo(port: int, data_dir: Path) -> None:
-    from moto.server import ThreadedMotoServer
+def ensure_samples(data_dir: Path) -> tuple[Path, Path]:
+    """A tiny PDF and a 50 MB one (text pages and a photo), created once and kept."""
+    small = data_dir / "sample.pdf"
+    if not small.exists():
+        small.write_bytes(b"%PDF-1.4\n% sftp-gateway demo file\n%%EOF\n")
+    large = data_dir / "sample-50MB.pdf"
+    if not large.exists():
+        write_sample_pdf(large, LARGE_SAMPLE_SIZE)
+    return small, large
 
-    from sftp_gateway.app import Gateway, build_catalog
+
+def run_demo(port: int, data_dir: Path) -> None:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:  # the production install (and image) leaves moto out
+        raise GatewayError(MOTO_MISSING) from None
+
+    from sftp_gateway.app import Gateway
+    from sftp_gateway.catalog import build_catalog
     from sftp_gateway.runtime import background_workers
 
     data_dir = data_dir.resolve()
@@ -88,6 +107,7 @@ def run_demo(port: int, data_dir: Path) -> None:
     )["QueueUrl"]
 
     config = demo_config(data_dir, port, endpoint, queue_url)
+    config["admin"] = {"listen": f"127.0.0.1:{_free_port()}"}  # live uploads page, /metrics
     config_path = data_dir / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     settings = settings_from_dict(config, environ={})
@@ -109,9 +129,7 @@ def run_demo(port: int, data_dir: Path) -> None:
     gateway = Gateway(
         settings, catalog=catalog, background=background_workers(settings, catalog, demo=True)
     )
-    sample = data_dir / "sample.pdf"
-    if not sample.exists():
-        sample.write_bytes(b"%PDF-1.4\n% sftp-gateway demo file\n%%EOF\n")
+    sample, large_sample = ensure_samples(data_dir)
 
     def announce(address: tuple[str, int]) -> None:
         host, bound_port = address
@@ -119,9 +137,12 @@ def run_demo(port: int, data_dir: Path) -> None:
             "\nsftp-gateway demo is running. Try:\n\n"
             f"  sftp -i {key_path} -P {bound_port} -o StrictHostKeyChecking=no "
             f"-o UserKnownHostsFile=/dev/null {DEMO_USER}@{host}\n\n"
-            f"  then, at the sftp> prompt: put {sample}\n\n"
+            f"  then, at the sftp> prompt: put {sample}\n"
+            f"  or a realistic 50 MB document: put {large_sample}\n\n"
             f"Objects land in s3://{DEMO_BUCKET}/incoming/{DEMO_USER}/ (moto at {endpoint}).\n"
             f"Who uploaded what: sftp-gateway uploads list --config {config_path}\n"
+            f"Watch uploads live: {gateway.admin.url if gateway.admin else '-'}/uploads"
+            " (also /metrics, /readyz)\n"
             f"Emails are written to {data_dir / 'mail'}/. Ctrl-C stops.\n",
             err=False,
         )

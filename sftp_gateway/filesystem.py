@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import BinaryIO
 
 from sftp_gateway.auth import Principal
-from sftp_gateway.catalog.repository import ABORTED, Catalog, UploadRecord
+from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import Settings
 from sftp_gateway.errors import (
     AlreadyExists,
@@ -23,18 +23,23 @@ from sftp_gateway.errors import (
     NotFound,
     NotSupported,
     PermissionDenied,
+    StorageError,
 )
 from sftp_gateway.paths import Jail, normalize
+from sftp_gateway.records import UploadRecord
 from sftp_gateway.storage.base import Probe, Storage
 from sftp_gateway.transfer import (
     ActiveUploads,
     ClientInfo,
     FileWriter,
-    Upload,
+    SessionUploads,
+    Target,
+    Uploader,
     check_name_allowed,
+    drop_partial,
     metadata_safe_name,
 )
-from sftp_gateway.upload.budget import Owner
+from sftp_gateway.upload.compress import DECOMPRESSORS, decompressing
 from sftp_gateway.upload.services import UploadServices
 
 FILE_MODE = stat_mode.S_IFREG | 0o644
@@ -58,6 +63,14 @@ def _epoch(ts: datetime | None) -> int | None:
     return int(ts.timestamp()) if ts else None
 
 
+def _shown_size(record: UploadRecord | None, stored: int) -> int:
+    """What clients see: a compressed object's original size (the catalog's), as long
+    as the object in S3 is still the one the catalog stored."""
+    if record is not None and record.compression and record.stored_size == stored:
+        return record.size
+    return stored
+
+
 class UserFilesystem:
     """What one authenticated user may see and do, in virtual paths."""
 
@@ -79,6 +92,7 @@ class UserFilesystem:
         self.client = client
         self.active = active
         self.services = services  # the process's memory budget and part sender
+        self.uploader = Uploader(settings, storage, catalog, principal, client, services)
         self.jail = Jail.for_home(settings.storage.prefix, principal.home)
 
     # -- looking ---------------------------------------------------------------------
@@ -102,8 +116,9 @@ class UserFilesystem:
             return FileStat(name, False, partial.size, partial.mtime or _epoch(partial.started_at))
         probe = self.storage.probe(key)
         if probe.file is not None:
-            mtime = self._mtimes([key]).get(key) or _epoch(probe.file.modified)
-            return FileStat(name, False, probe.file.size, mtime)
+            record = self.catalog.latest_completed(self.storage.bucket, [key]).get(key)
+            mtime = (record.mtime if record else None) or _epoch(probe.file.modified)
+            return FileStat(name, False, _shown_size(record, probe.file.size), mtime)
         if probe.is_dir:
             return FileStat(name, True)
         raise NotFound(f"no such file or directory: {virtual}")
@@ -142,15 +157,16 @@ class UserFilesystem:
                 yield FileStat(name, False, record.size, _epoch(record.started_at))
 
     def _with_mtimes(self, batch: list[FileStat], keys: list[str]) -> Iterator[FileStat]:
-        mtimes = self._mtimes(keys)
+        """The catalog's view of listed files: the client's mtime, and a compressed
+        object's original size (LIST gives the stored one)."""
+        records = self.catalog.latest_completed(self.storage.bucket, keys) if keys else {}
         for item, key in zip(batch, keys, strict=True):
-            mtime = mtimes.get(key)
-            yield FileStat(item.name, False, item.size, mtime or item.mtime) if mtime else item
-
-    def _mtimes(self, keys: list[str]) -> dict[str, int]:
-        """Modification times clients set with SETSTAT, kept in the catalog."""
-        records = self.catalog.latest_completed(self.storage.bucket, keys)
-        return {key: rec.mtime for key, rec in records.items() if rec.mtime}
+            record = records.get(key)
+            if record is None:
+                yield item
+                continue
+            mtime = record.mtime or item.mtime
+            yield FileStat(item.name, False, _shown_size(record, item.size), mtime)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -162,7 +178,20 @@ class UserFilesystem:
             if self.storage.has_prefix(key + "/"):
                 raise InvalidRequest(f"{normalize(path)} is a directory")
             raise NotFound(f"no such file: {normalize(path)}")
-        return Download(self.storage, key, info.size)
+        compression = info.metadata.get("compression")
+        if compression not in DECOMPRESSORS:
+            return Download(self.storage, key, info.size)
+        return Download(self.storage, key, self._original_size(key, info.size), compression)
+
+    def _original_size(self, key: str, stored: int) -> int:
+        """A compressed object's own size: the catalog's, else its `size` tag."""
+        record = self.catalog.latest_completed(self.storage.bucket, [key]).get(key)
+        if record is not None and record.stored_size == stored:
+            return record.size
+        size = self.storage.get_tags(key).get("size", "")
+        if not size.isdigit():
+            raise StorageError(f"{key}: compressed object without its original size")
+        return int(size)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -174,9 +203,11 @@ class UserFilesystem:
         truncate: bool = True,
         append: bool = False,
         expected_size: int | None = None,
+        session: SessionUploads | None = None,
     ) -> FileWriter:
-        """Check name, permissions and conflicts; the upload itself starts at the first
-        write, when its offset tells a new file from a resume."""
+        """Check name, permissions and conflicts; the upload itself (new, resumed or
+        appended: transfer.py decides) starts at the first write. `session` owns the
+        writer and closes it out when the session ends."""
         self.require("write")
         virtual = normalize(path)
         visible_key = self.jail.key(virtual)
@@ -195,92 +226,24 @@ class UserFilesystem:
             raise AlreadyExists(f"{virtual} already exists")
         if exists or (temporary and self.storage.head(final_key) is not None):
             self.require("overwrite")
-        partial = self.catalog.interrupted_upload(self.storage.bucket, final_key)
-
-        def opener(first_offset: int | None) -> Upload:
-            return self._start_or_resume(
-                final,
-                final_key,
-                first_offset,
-                partial,
-                truncate=truncate,
-                expected_size=expected_size,
-                exists=exists,
-            )
-
-        return FileWriter(
-            opener,
+        target = Target(
             path=virtual,
             visible_key=visible_key,
+            final_path=final,
+            final_key=final_key,
+            exists=exists,
+            existing_size=probe.file.size if probe.file else 0,
+            partial=self.catalog.interrupted_upload(self.storage.bucket, final_key),
+        )
+        return FileWriter(
+            self.uploader,
+            target,
             registry=self.active,
-            settings=self.settings,
-            services=self.services,
-            owner=Owner(self.principal.name, self.client.ip),
+            session=session,
             truncate=truncate,
             append=append,
-            temporary=temporary,
-            existed=exists or partial is not None,
-            initial_size=partial.size if partial else probe.file.size if probe.file else 0,
-        )
-
-    def _start_or_resume(
-        self,
-        path: str,
-        key: str,
-        first_offset: int | None,
-        partial: UploadRecord | None,
-        *,
-        truncate: bool,
-        expected_size: int | None,
-        exists: bool,
-    ) -> Upload:
-        """Offset 0 or TRUNC: a new object (an interrupted one is dropped). The committed
-        size of an interrupted upload (or APPEND): resume it. Anything else: a new file
-        whose first bytes arrived out of order, unless a resumable upload exists."""
-        fresh = first_offset == 0 or truncate
-        if partial is not None and not fresh:
-            if first_offset is None or first_offset == partial.size:
-                return self._upload(path, key, expected_size, resume=partial)
-            raise InvalidRequest(
-                f"{path} can be resumed at byte {partial.size}, not at byte {first_offset}"
-            )
-        if partial is not None:
-            self._drop_partial(partial, "replaced by a new upload of the same file")
-        upload = self._upload(path, key, expected_size)
-        if first_offset is None and exists:
-            self._copy_existing_into(upload, key)
-        return upload
-
-    def _copy_existing_into(self, upload: Upload, key: str) -> None:
-        """APPEND to a complete object: S3 cannot append, so the new object starts with
-        the old bytes (read back once), then the client's; the SHA-256 covers both."""
-        body = self.storage.open_read(key, 0)
-        try:
-            while chunk := body.read(1 << 20):
-                upload.write(chunk)
-        finally:
-            body.close()
-
-    def _upload(
-        self, path: str, key: str, expected_size: int | None, resume: UploadRecord | None = None
-    ) -> Upload:
-        return Upload(
-            settings=self.settings,
-            storage=self.storage,
-            catalog=self.catalog,
-            principal=self.principal,
-            client=self.client,
-            path=path,
-            key=key,
-            services=self.services,
             expected_size=expected_size,
-            resume=resume,
         )
-
-    def _drop_partial(self, partial: UploadRecord, reason: str) -> None:
-        if partial.s3_upload_id:
-            self.storage.abort_multipart(partial.object_key, partial.s3_upload_id)
-        self.catalog.finish_upload(partial.id, status=ABORTED, error=reason, emit=True)
 
     def final_name(self, virtual: str) -> str:
         """The name a temporary upload name stands for (`a.pdf.filepart` -> `a.pdf`)."""
@@ -312,7 +275,7 @@ class UserFilesystem:
             return
         partial = self.catalog.interrupted_upload(self.storage.bucket, key)
         if partial is not None:
-            self._drop_partial(partial, "removed by the client")
+            drop_partial(self.uploader, partial, "removed by the client")
         probe = self.storage.probe(key)
         if probe.file is not None:
             self.storage.delete(key)
@@ -398,10 +361,13 @@ class Download:
 
     CHUNK = 256 * 1024
 
-    def __init__(self, storage: Storage, key: str, size: int) -> None:
+    def __init__(
+        self, storage: Storage, key: str, size: int, compression: str | None = None
+    ) -> None:
         self.storage = storage
         self.key = key
-        self.size = size
+        self.size = size  # the file's own size (decompressed)
+        self.compression = compression
         self._body: BinaryIO | None = None
         self._position = 0
 
@@ -409,12 +375,29 @@ class Download:
         if offset >= self.size:
             return b""
         if self._body is None or offset != self._position:
-            self.close()
-            self._body = self.storage.open_read(self.key, offset)
-            self._position = offset
+            self._open_at(offset)
+        assert self._body is not None
         data = self._body.read(min(length, self.size - offset))
         self._position += len(data)
         return data
+
+    def _open_at(self, offset: int) -> None:
+        """A ranged GET; a compressed object has no byte ranges of the file, so it is
+        read from its start (or onward from here) and decompressed up to `offset`."""
+        if self.compression is None:
+            self.close()
+            self._body = self.storage.open_read(self.key, offset)
+            self._position = offset
+            return
+        if self._body is None or offset < self._position:
+            self.close()
+            self._body = decompressing(self.compression, self.storage.open_read(self.key, 0))
+            self._position = 0
+        while self._position < offset:
+            skipped = self._body.read(min(self.CHUNK * 4, offset - self._position))
+            if not skipped:
+                raise StorageError(f"{self.key}: compressed object ends before byte {offset}")
+            self._position += len(skipped)
 
     def close(self) -> None:
         if self._body is not None:

@@ -4,6 +4,8 @@
   died (status in_progress, owner = this instance) into resumable `interrupted` ones,
   after checking with ListParts that their recorded parts are really in S3; the rest
   are aborted. Nothing is completed that the client did not finish.
+- Both also finish rows left `completing` (a CLOSE cut between the catalog and S3) from
+  what S3 holds: `finish_completing`. No object exists without a row and an event.
 - `collect_garbage` (the `gc` command, and a periodic task in `serve`) aborts uploads
   interrupted for longer than uploads.resume_ttl, and multipart uploads under the prefix
   that the catalog does not know (orphans), older than a grace period.
@@ -27,10 +29,16 @@ from sftp_gateway.catalog.repository import (
 )
 from sftp_gateway.config import Settings
 from sftp_gateway.errors import GatewayError, NotFound
-from sftp_gateway.storage.base import Storage
+from sftp_gateway.records import UploadStatus
+from sftp_gateway.storage.base import Part, Storage
+from sftp_gateway.upload.stream import attach_sha256
 
 log = logging.getLogger(__name__)
 ORPHAN_GRACE = timedelta(hours=1)
+# A `completing` row younger than this may be a CLOSE still under way on a live
+# instance; gc leaves it alone (recovery at start does not wait for its own rows).
+COMPLETING_GRACE = timedelta(minutes=15)
+NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 
 
 @dataclass
@@ -39,12 +47,16 @@ class GcReport:
     orphans: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)  # `completing` rows finished
 
     def summary(self) -> str:
-        return (
+        text = (
             f"aborted {len(self.expired)} expired interrupted upload(s) and "
             f"{len(self.orphans)} orphan multipart upload(s)"
         )
+        if self.completed:
+            text += f"; completed {len(self.completed)} upload(s) left completing"
+        return text
 
 
 def recover_after_crash(settings: Settings, storage: Storage, catalog: Catalog) -> GcReport:
@@ -56,7 +68,10 @@ def recover_after_crash(settings: Settings, storage: Storage, catalog: Catalog) 
             continue  # another instance may be running it right now
         if _parts_verified(storage, record):
             catalog.update_upload(
-                record.id, status=INTERRUPTED, error="gateway restarted during the upload"
+                record.id,
+                status=INTERRUPTED,
+                error="gateway restarted during the upload",
+                **NO_LEASE,
             )
             report.recovered.append(record.id)
             log.info(
@@ -65,7 +80,81 @@ def recover_after_crash(settings: Settings, storage: Storage, catalog: Catalog) 
         else:
             _abort(storage, catalog, record, "gateway restarted before any part was stored")
             report.aborted.append(record.id)
+    for record in catalog.uploads_with_status(UploadStatus.COMPLETING):
+        if record.owner == owner:  # its CLOSE died with the previous life of this instance
+            finish_completing(storage, catalog, record, report)
     return report
+
+
+def finish_completing(
+    storage: Storage, catalog: Catalog, record: UploadRecord, report: GcReport
+) -> None:
+    """A row left `completing` (the gateway or its catalog failed during a CLOSE): make
+    the catalog agree with S3, so no object exists without a row and an event, and no
+    row says completed without an object.
+
+    - the object is there with this upload's id: completed, with its event;
+    - else its multipart upload is still open: complete it from the recorded parts
+      (the client had closed the file), then the same;
+    - else nothing was published: aborted, with an upload.failed event.
+    """
+    try:
+        if _object_is(storage, record) or _complete_from_parts(storage, record):
+            catalog.finish_upload(
+                record.id,
+                status=UploadStatus.COMPLETED,
+                only_if=UploadStatus.COMPLETING,
+                parts=None,
+                resume_state=None,
+                error=None,
+                **NO_LEASE,
+            )
+            report.completed.append(record.id)
+            log.info("upload %s of %s: completed by recovery", record.id, record.object_key)
+            return
+    except GatewayError as exc:
+        log.warning("could not finish upload %s (%s); will retry at the next gc", record.id, exc)
+        return
+    catalog.finish_upload(
+        record.id,
+        status=UploadStatus.ABORTED,
+        only_if=UploadStatus.COMPLETING,
+        error="the gateway stopped while the file was being published; it was not stored",
+        **NO_LEASE,
+    )
+    report.aborted.append(record.id)
+    log.warning("upload %s of %s: never published; aborted", record.id, record.object_key)
+
+
+def _object_is(storage: Storage, record: UploadRecord) -> bool:
+    """The key holds the object this upload published (its upload-id metadata)."""
+    info = storage.head(record.object_key)
+    return info is not None and info.metadata.get("upload-id") == record.id
+
+
+def _complete_from_parts(storage: Storage, record: UploadRecord) -> bool:
+    """Complete a still-open multipart upload with the parts recorded at `completing`,
+    and give the object its SHA-256; False when that upload no longer exists."""
+    if not record.s3_upload_id or not record.parts:
+        return False
+    try:
+        storage.list_parts(record.object_key, record.s3_upload_id)
+    except NotFound:
+        return False
+    parts = [Part(**part) for part in record.parts]
+    storage.complete_multipart(record.object_key, record.s3_upload_id, parts)
+    info = storage.head(record.object_key)
+    if info is not None and record.sha256:
+        attach_sha256(  # a tag, as the upload itself would have (no copy)
+            storage,
+            record.object_key,
+            metadata=info.metadata,
+            sha256=record.sha256,
+            size=record.size,
+            content_type=record.content_type or "application/octet-stream",
+            stored_size=info.size,
+        )
+    return True
 
 
 def _parts_verified(storage: Storage, record: UploadRecord) -> bool:
@@ -105,9 +194,13 @@ def collect_garbage(
         if _last_progress(record) < cutoff:
             _abort(storage, catalog, record, "no progress within the resume time limit")
             report.expired.append(record.id)
+    for record in catalog.uploads_with_status(UploadStatus.COMPLETING):
+        began = record.completed_at or record.started_at  # set when `completing` was written
+        if began < now - COMPLETING_GRACE:
+            finish_completing(storage, catalog, record, report)
     known = {
         r.s3_upload_id
-        for status in (IN_PROGRESS, INTERRUPTED)
+        for status in (IN_PROGRESS, INTERRUPTED, UploadStatus.COMPLETING)
         for r in catalog.uploads_with_status(status)
         if r.s3_upload_id
     }
@@ -136,11 +229,13 @@ def _abort(storage: Storage, catalog: Catalog, record: UploadRecord, reason: str
         except GatewayError:
             log.warning("could not abort %s; will retry at the next gc", record.s3_upload_id)
             return
-    catalog.finish_upload(record.id, status=ABORTED, error=reason, emit=True)
+    catalog.finish_upload(record.id, status=ABORTED, error=reason, emit=True, **NO_LEASE)
 
 
 class PeriodicGc:
     """Runs collect_garbage in `serve` every uploads.gc_interval seconds."""
+
+    name = "gc"
 
     def __init__(self, settings: Settings, catalog: Catalog, storage: Storage) -> None:
         self._settings = settings
@@ -160,7 +255,7 @@ class PeriodicGc:
         while not self._stop.wait(self._settings.uploads.gc_interval):
             try:
                 report = collect_garbage(self._settings, self._catalog, self._storage)
-                if report.expired or report.orphans:
+                if report.expired or report.orphans or report.completed:
                     log.info("gc: %s", report.summary())
             except Exception:
                 log.exception("gc failed; will retry")

@@ -14,8 +14,8 @@ holding things up is never the client's idle time: a channel with unread input (
 server is behind, e.g. a write waits for a slow S3) or an SFTP request being handled
 keeps the connection busy. A client that stops reading a download is idle.
 
-paramiko internals read here (public names, undocumented): `Channel.in_window_sofar`,
-`Channel.out_window_size`, `Channel.in_buffer` (its length), `Transport.server_object`.
+The paramiko internals this reads (flow-control counters, the transport's server
+object) are read through sshcompat.py, where each is named and tested.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import paramiko
 
+from sftp_gateway import logs, sshcompat
 from sftp_gateway.config import ServerConfig
 from sftp_gateway.sessions import SessionRegistry
 
@@ -76,15 +77,17 @@ class ConnectionActivity:
         with self._lock:
             self._channels = [channel for channel in self._channels if not channel.closed]
             for channel in self._channels:
-                counters = (channel.in_window_sofar, channel.out_window_size)
-                if len(channel.in_buffer) or self._counters.get(channel.chanid) != counters:
+                flow = sshcompat.channel_activity(channel)
+                if flow.unread or self._counters.get(channel.chanid) != flow.counters:
                     moved = True
-                self._counters[channel.chanid] = counters
+                self._counters[channel.chanid] = flow.counters
         return moved
 
 
 class IdleWatcher:
     """One thread for the process: keepalives on, idle connections closed."""
+
+    name = "idle"
 
     def __init__(self, sessions: SessionRegistry, config: ServerConfig) -> None:
         self.sessions = sessions
@@ -124,7 +127,7 @@ class IdleWatcher:
                 self._seen.add(transport)
                 if self.keepalive_interval:
                     transport.set_keepalive(self.keepalive_interval)
-            activity = getattr(transport.server_object, "activity", None)
+            activity = getattr(sshcompat.server_object(transport), "activity", None)
             if not self.idle_timeout or not isinstance(activity, ConnectionActivity):
                 continue
             if activity.idle_seconds() >= self.idle_timeout:
@@ -133,6 +136,12 @@ class IdleWatcher:
                     session.principal.name,
                     session.client_ip,
                     f"{self.idle_timeout:g}",
+                    extra=logs.fields(
+                        "session.closed",
+                        user=session.principal.name,
+                        addr=session.client_ip,
+                        reason="idle_timeout",
+                    ),
                 )
                 transport.close()
                 closed += 1

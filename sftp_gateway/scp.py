@@ -25,9 +25,10 @@ from typing import Protocol
 
 import paramiko
 
+from sftp_gateway import logs
 from sftp_gateway.errors import GatewayError, NotFound
 from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
-from sftp_gateway.transfer import FileWriter, check_declared_size
+from sftp_gateway.transfer import FileWriter, SessionUploads, check_declared_size
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,16 @@ class ScpSession:
         self.request = request
         self.reader = ChannelReader(channel)
         self.errors = 0
+        self.uploads = SessionUploads()  # this run's files open for writing
 
     def run(self) -> int:
-        if self.request.sink:
-            self.sink(self.request.paths[0])
-        else:
-            self.source(self.request.paths)
+        try:
+            if self.request.sink:
+                self.sink(self.request.paths[0])
+            else:
+                self.source(self.request.paths)
+        finally:  # however the run ends, no file it opened stays open
+            self.uploads.close_out("scp session ended before the whole file arrived")
         return 1 if self.errors else 0
 
     # -- replies -----------------------------------------------------------------------
@@ -351,7 +356,7 @@ class ScpSession:
         path = posixpath.join(here, name) if here_is_dir else here
         try:
             self._check_announced_size(path, size)
-            upload = self.fs.open_upload(path, expected_size=size)
+            upload = self.fs.open_upload(path, expected_size=size, session=self.uploads)
         except GatewayError as exc:
             self.warn(_about(path, exc))  # the client skips the file's bytes
             return
@@ -391,6 +396,14 @@ class ScpSession:
                 self.fs.client.ip or "unknown",
                 exc,
                 size,
+                extra=logs.fields(
+                    "refused",
+                    conn=self.fs.client.conn,
+                    user=self.fs.principal.name,
+                    addr=self.fs.client.ip,
+                    reason="max_file_size",
+                    bytes=size,
+                ),
             )
             raise
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import paramiko
 
+from sftp_gateway import logs
 from sftp_gateway.auth import Authenticator, Principal
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class SessionRegistry:
 class RevocationWatcher:
     """One thread: every `interval` seconds, close sessions whose access was revoked."""
 
+    name = "revocation"
+
     def __init__(
         self, registry: SessionRegistry, authenticator: Authenticator, interval: float
     ) -> None:
@@ -95,6 +98,12 @@ class RevocationWatcher:
                 session.principal.name,
                 session.client_ip,
                 reason,
+                extra=logs.fields(
+                    "session.closed",
+                    user=session.principal.name,
+                    addr=session.client_ip,
+                    reason="revoked",
+                ),
             )
             session.transport.close()
             self.registry.unregister(session.transport)

@@ -7,11 +7,13 @@ no shell, no other commands, no port or agent forwarding.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import paramiko
 
+from sftp_gateway import logs, metrics, sshcompat
 from sftp_gateway.auth import Authenticator, Principal, fingerprint_of
 from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.idle import ConnectionActivity
@@ -47,7 +49,11 @@ class GatewayServer(paramiko.ServerInterface):
         sessions: SessionRegistry | None = None,
         ticket: Ticket | None = None,
         max_auth_tries: int = 6,
+        conn_log: logs.ConnectionLog | None = None,
     ) -> None:
+        # every line about this connection carries its id, address and (once known) user
+        connection = conn_log or logs.connection_logger(logs.new_connection_id(), client_ip)
+        self.log = connection.on(log)
         self._authenticator = authenticator
         self._make_filesystem = make_filesystem
         self._transport = transport
@@ -63,7 +69,11 @@ class GatewayServer(paramiko.ServerInterface):
 
     @property
     def client_info(self) -> ClientInfo:
-        return ClientInfo(ip=self.client_ip, version=safe_client_version(self._transport))
+        return ClientInfo(
+            ip=self.client_ip,
+            version=safe_client_version(self._transport),
+            conn=self.log.context.get("conn"),
+        )
 
     def filesystem(self) -> UserFilesystem:
         """The user's filesystem, shared by every channel of this connection."""
@@ -81,20 +91,33 @@ class GatewayServer(paramiko.ServerInterface):
             principal = self._authenticator.authenticate(username, key, self.client_ip)
         except Exception:
             log.exception("authentication lookup failed for %s", username)
+            metrics.auth_result("publickey", "error")
             return paramiko.AUTH_FAILED
         if principal is None:
             return self._auth_failed(username, key)
+        # paramiko asks before the signature is checked (and for unsigned key queries):
+        # this is only a candidate; the login is counted in on_authenticated().
         self.principal = principal
-        if self._sessions is not None:  # so removing the user or key ends this session
-            self._sessions.register(self._transport, principal, self.client_ip)
         return paramiko.AUTH_SUCCESSFUL
+
+    def on_authenticated(self) -> None:
+        """The transport is authenticated: log it, count it, and register the session so
+        that removing its user or key ends it."""
+        principal = self.principal
+        if principal is None:
+            return
+        metrics.auth_result("publickey", "success")
+        self._log_auth_ok(principal)
+        if self._sessions is not None:
+            self._sessions.register(self._transport, principal, self.client_ip)
 
     def _auth_failed(self, username: str, key: paramiko.PKey) -> int:
         """Count a refused key as sshd does (an offered key counts even unsigned);
         at server.max_auth_tries the connection is closed."""
         self._failures += 1
         what = self._ticket.auth_failed(username) if self._ticket else "key refused"
-        log.warning(
+        metrics.auth_result("publickey", what)
+        self.log.warning(
             "auth failed for %s from %s: %s, key %s (attempt %d of %d)",
             username,
             self.client_ip,
@@ -102,20 +125,54 @@ class GatewayServer(paramiko.ServerInterface):
             fingerprint_of(key),
             self._failures,
             self._max_auth_tries,
+            extra=logs.fields("auth.failed", user=username, reason=what.replace(" ", "_")),
         )
         if self._failures >= self._max_auth_tries:
-            log.warning(
+            self.log.warning(
                 "refused %s: too many authentication failures (%d)",
                 self.client_ip,
                 self._failures,
+                extra=logs.fields("refused", reason="max_auth_tries"),
             )
+            metrics.refused("max_auth_tries")
             self._transport.close()
         return paramiko.AUTH_FAILED
+
+    def _log_auth_ok(self, principal: Principal) -> None:
+        self.log.bind(user=principal.name)
+        logs.event(
+            self.log,
+            "auth.ok",
+            "auth ok for %s from %s: key %s",
+            principal.name,
+            self.client_ip,
+            principal.key_fingerprint,
+            fingerprint=principal.key_fingerprint,
+            client=safe_client_version(self._transport),
+        )
+
+    def log_session_end(self) -> None:
+        """The session-end line of a logged-in connection: how long, bytes, uploads."""
+        if self.principal is None:
+            return
+        packetizer = self._transport.packetizer
+        logs.event(
+            self.log,
+            "session.end",
+            "session of %s from %s ended",
+            self.principal.name,
+            self.client_ip,
+            duration=round(time.monotonic() - self.log.root.started, 3),
+            bytes_in=getattr(packetizer, "bytes_in", None),
+            bytes_out=getattr(packetizer, "bytes_out", None),
+            uploads=self.log.root.uploads,
+        )
 
     def check_auth_none(self, username: str) -> int:
         return paramiko.AUTH_FAILED
 
     def check_auth_password(self, username: str, password: str) -> int:
+        metrics.auth_result("password", "not_allowed")
         return paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
@@ -126,7 +183,13 @@ class GatewayServer(paramiko.ServerInterface):
         limit = self.filesystem().settings.server.max_sessions
         if open_channels(self._transport) >= limit:
             who, text = self.principal.name, f"too many sessions on one connection (limit {limit})"
-            log.warning("channel refused for %s from %s: %s", who, self.client_ip, text)
+            self.log.warning(
+                "channel refused for %s from %s: %s",
+                who,
+                self.client_ip,
+                text,
+                extra=logs.fields("refused", reason="max_sessions"),
+            )
             return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
         return paramiko.OPEN_SUCCEEDED
 
@@ -164,6 +227,5 @@ class GatewayServer(paramiko.ServerInterface):
 
 
 def open_channels(transport: paramiko.Transport) -> int:
-    """Channels open on this connection now; paramiko drops a channel from its map as
-    soon as the client closes it. Private paramiko API: `Transport._channels`."""
-    return len(transport._channels)
+    """Channels open on this connection now (through sshcompat: a private attribute)."""
+    return sshcompat.open_channel_count(transport)

@@ -24,13 +24,27 @@ Touch points (private or undocumented paramiko API):
 - `paramiko.packet.compute_hmac` and `paramiko.util.constant_time_bytes_eq`, looked up by
   `Packetizer.read_message`/`send_message` at call time, are replaced by C versions.
 - `Channel.in_buffer` (a `BufferedPipe`) with its `_lock` and `_buffer` (an `array`).
+- Read only: `Channel.in_window_sofar`, `Channel.out_window_size`, `len(Channel.in_buffer)`
+  (`channel_activity`), `Transport._channels` (`open_channel_count`),
+  `Transport.server_object` (`server_object`), `Transport.auth_handler.authenticated`
+  (`was_authenticated`).
+- The SFTP server: `BaseSFTP._read_all` (`read_sftp_packet`, which replaces
+  `_read_packet`), `Message.packet` (`request_buffer`), `SFTPServer.file_table` and
+  `folder_table` (`open_handle_count`; protocol.py also looks handles up in them), and
+  the SFTPServer methods protocol.py overrides (`_process`, `_send_server_version`,
+  `_read_packet`, `_send_packet`, `start_subsystem`, `finish_subsystem`).
+
+Nothing here imports the rest of the gateway: the modules that use these helpers
+(app, ssh, idle, sftp/protocol, crypto_policy) sit above it.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,9 +54,10 @@ from typing import Any, cast
 import paramiko
 import paramiko.packet
 import paramiko.util
+from paramiko.message import Message
 from paramiko.packet import Packetizer
-
-from sftp_gateway.sftp.pipe import ChunkBuffer
+from paramiko.sftp import BaseSFTP
+from paramiko.sftp_server import SFTPServer
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +105,10 @@ class BoundedPacketizer(Packetizer):
     def __init__(self, sock: Any, *, limits: TransportLimits) -> None:
         super().__init__(sock)
         self.limits = limits
-        self.peer = _peer_host(sock)
+        self.peer = _peer_host(sock)  # app sets the real address (PROXY protocol)
+        self.conn: str | None = None  # the connection id in the logs
+        self.bytes_in = 0  # bytes of SSH packets read and written, for session.end
+        self.bytes_out = 0
         self.identification_deadline = float("inf")
         self.is_authenticated: Callable[[], bool] = lambda: False
         self._identification_bytes = 0
@@ -115,13 +133,19 @@ class BoundedPacketizer(Packetizer):
 
     def refuse(self, reason: str) -> ConnectionRefused:
         """Log the refusal once, in a form fail2ban can match, and return the error."""
-        log.warning("refused %s: %s", self.peer, reason)
+        extra = {"event": "refused", "conn": self.conn, "addr": self.peer}
+        log.warning("refused %s: %s", self.peer, reason, extra=extra)
         return ConnectionRefused(reason)
 
     def read_all(self, n: int, check_rekey: bool = False) -> bytes:
         if n > self.limits.pre_auth_packet:
             self._check_packet_size(n)
+        self.bytes_in += n
         return super().read_all(n, check_rekey)  # type: ignore[no-any-return]
+
+    def write_all(self, out: bytes) -> None:
+        self.bytes_out += len(out)
+        super().write_all(out)
 
     def _check_packet_size(self, n: int) -> None:
         if not self._authenticated:
@@ -246,10 +270,12 @@ def install_fast_hmac() -> None:
 # -- channel receive buffer ------------------------------------------------------------
 
 
-def use_chunk_buffer(channel: paramiko.Channel) -> None:
-    """Swap the channel's receive buffer storage for a ChunkBuffer (paramiko's costs
-    O(buffered) per read), under the pipe's own lock so no byte fed concurrently by the
-    transport thread is lost. Falls back silently if paramiko's internals change shape."""
+def use_receive_buffer(channel: paramiko.Channel, buffer_class: type[Any]) -> None:
+    """Swap the channel's receive buffer storage for `buffer_class(bytes)` (sftp/pipe.py's
+    ChunkBuffer: paramiko's array costs O(buffered) per read), under the pipe's own lock
+    so no byte fed concurrently by the transport thread is lost. Relies on
+    `Channel.in_buffer` (a BufferedPipe) with its `_lock` and `_buffer` (an `array`
+    with `tobytes()`); falls back silently if they change shape."""
     pipe = channel.in_buffer
     lock = getattr(pipe, "_lock", None)
     if lock is None or not hasattr(pipe, "_buffer"):
@@ -257,6 +283,81 @@ def use_chunk_buffer(channel: paramiko.Channel) -> None:
         return
     with lock:
         current = pipe._buffer
-        if isinstance(current, ChunkBuffer):
+        if isinstance(current, buffer_class):
             return
-        pipe._buffer = ChunkBuffer(current.tobytes())
+        pipe._buffer = buffer_class(current.tobytes())
+
+
+# -- what the idle watcher and the session limit read -----------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelActivity:
+    """A channel's flow-control counters: they change whenever channel data moves."""
+
+    received: int  # Channel.in_window_sofar: bytes received since the last window adjust
+    send_window: int  # Channel.out_window_size: what the peer still lets us send
+    unread: int  # len(Channel.in_buffer): received, not yet read by the server
+
+    @property
+    def counters(self) -> tuple[int, int]:
+        return self.received, self.send_window
+
+
+def channel_activity(channel: paramiko.Channel) -> ChannelActivity:
+    """Relies on `Channel.in_window_sofar`, `Channel.out_window_size` and the length of
+    `Channel.in_buffer` (public attributes, undocumented)."""
+    return ChannelActivity(
+        received=int(channel.in_window_sofar),
+        send_window=int(channel.out_window_size),
+        unread=len(channel.in_buffer),
+    )
+
+
+def open_channel_count(transport: paramiko.Transport) -> int:
+    """Channels open on a connection; a channel leaves the count as soon as the client
+    closes it. Relies on `Transport._channels` (a ChannelMap with `__len__`)."""
+    return len(transport._channels)
+
+
+def was_authenticated(transport: paramiko.Transport) -> bool:
+    """Whether the client completed authentication, also after the connection ended
+    (`is_authenticated()` turns false once it is closed). Relies on
+    `Transport.auth_handler.authenticated` (undocumented attributes)."""
+    handler = getattr(transport, "auth_handler", None)
+    return bool(handler is not None and getattr(handler, "authenticated", False))
+
+
+def server_object(transport: paramiko.Transport) -> object | None:
+    """The ServerInterface a server Transport was started with (`start_server(server=)`).
+    Relies on `Transport.server_object` (set by start_server, undocumented)."""
+    return getattr(transport, "server_object", None)
+
+
+# -- the SFTP server (sftp/protocol.py extends paramiko's SFTPServer) -------------------
+
+
+def read_sftp_packet(
+    server: BaseSFTP, max_packet: int, refuse: Callable[[int], Exception]
+) -> tuple[int, bytes]:
+    """paramiko's `BaseSFTP._read_packet` with the length checked before the body is read
+    or allocated: a length over `max_packet` raises `refuse(length)`. Relies on
+    `BaseSFTP._read_all(n)` (reads exactly n bytes from the channel)."""
+    (size,) = struct.unpack(">I", server._read_all(4))
+    if size > max_packet:
+        raise refuse(size)
+    if size == 0:
+        return 0, b""
+    data = server._read_all(size)
+    return data[0], data[1:]
+
+
+def request_buffer(message: Message) -> io.BytesIO:
+    """The BytesIO behind a received SFTP request. Relies on `Message.packet`."""
+    return cast(io.BytesIO, message.packet)
+
+
+def open_handle_count(server: SFTPServer) -> int:
+    """Files and directories a client holds open in one SFTP session. Relies on
+    `SFTPServer.file_table` and `SFTPServer.folder_table` (dicts by handle)."""
+    return len(server.file_table) + len(server.folder_table)

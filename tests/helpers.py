@@ -52,6 +52,13 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tagged_sha256(client: Any, bucket: str, key: str) -> str | None:
+    """The SHA-256 an object carries as its `sha256` tag (every object the gateway
+    writes has it; a single PUT also has it in its metadata)."""
+    tags = client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+    return next((tag["Value"] for tag in tags if tag["Key"] == "sha256"), None)
+
+
 def make_pdf(path: Path, size: int) -> Path:
     """A file of exactly `size` bytes that starts like a PDF, with a random body."""
     head = b"%PDF-1.7\n"[:size]
@@ -79,7 +86,13 @@ def base_config(
     tmp: Path, endpoint: str, bucket: str, catalog_url: str | None = None
 ) -> dict[str, Any]:
     return {
-        "server": {"listen": "127.0.0.1:0", "host_keys_dir": str(tmp / "hostkeys")},
+        # One process, as the tests that measure it (RSS, threads, kill -9) expect;
+        # tests/test_workers.py asks for more.
+        "server": {
+            "listen": "127.0.0.1:0",
+            "host_keys_dir": str(tmp / "hostkeys"),
+            "workers": 1,
+        },
         "storage": {
             "bucket": bucket,
             "prefix": "incoming",

@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 from aiosmtpd.controller import Controller
 
-from sftp_gateway.app import build_catalog
+from sftp_gateway.catalog import build_catalog
 from sftp_gateway.catalog.repository import (
     COMPLETED,
     Catalog,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sftp_gateway.app import build_catalog
+from sftp_gateway.catalog import build_catalog
 from sftp_gateway.catalog.repository import COMPLETED, IN_PROGRESS, UploadRecord, utcnow
 from sftp_gateway.cli import main
 from sftp_gateway.config import settings_from_dict
@@ -115,7 +115,7 @@ def test_uploads_list_and_show_answer_who_uploaded_a_key(config_file: Path) -> N
     assert json.loads(out)["id"] == record.id
     code, out = run("uploads", "list", "--since", "2999-01-01", "--json", *cfg)
     assert json.loads(out) == []
-    code, out = run("uploads", "list", "--since", "yesterday", *cfg)
+    code, out = run("uploads", "list", "--since", "last-tuesday", *cfg)
     assert code == 2 and "--since" in out
     code, out = run("uploads", "show", "incoming/nobody.pdf", *cfg)
     assert code == 1 and "no upload" in out

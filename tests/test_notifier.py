@@ -78,7 +78,8 @@ def test_human_sizes() -> None:
     assert human_size(0) == "0 bytes"
     assert human_size(1023) == "1023 bytes"
     assert human_size(1536) == "1.5 KiB"
-    assert human_size(5 * 1024**3) == "5.0 GiB"
+    assert human_size(5 * 1024**3) == "5 GiB"  # whole units read as configured
+    assert human_size(1024**2 - 1) == "1.0 MiB"
 
 
 def test_recipients_are_uploader_configured_and_per_user_without_duplicates() -> None:

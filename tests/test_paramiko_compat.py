@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import paramiko
+import paramiko.auth_handler
 import paramiko.packet
 import paramiko.util
 import pytest
@@ -100,6 +101,16 @@ def test_default_algorithm_lists_are_where_crypto_policy_reads_them(category: st
         (SFTPServer.__init__, ["self.file_table", "self.folder_table"]),
         (BaseSFTP.__init__, ["self.sock"]),
         (BufferedPipe.__init__, ["self._lock", "self._buffer = array.array("]),
+        # sshcompat.channel_activity, open_channel_count, server_object
+        (paramiko.Channel.__init__, ["self.in_window_sofar", "self.out_window_size"]),
+        (paramiko.Transport.__init__, ["self._channels = ChannelMap()"]),
+        (paramiko.Transport.start_server, ["self.server_object = server"]),
+        # sshcompat.was_authenticated
+        (paramiko.auth_handler.AuthHandler.__init__, ["self.authenticated = False"]),
+        (paramiko.auth_handler.AuthHandler._send_auth_result, ["self.authenticated = True"]),
+        # sshcompat.read_sftp_packet and request_buffer
+        (BaseSFTP._read_packet, ["self._read_all("]),
+        (paramiko.Message.__init__, ["self.packet = BytesIO("]),
     ],
     ids=lambda value: getattr(value, "__qualname__", "calls"),
 )
@@ -184,7 +195,7 @@ def test_the_chunk_buffer_replaces_a_real_channel_pipe_keeping_its_bytes() -> No
     channel = paramiko.Channel(1)
     assert isinstance(channel.in_buffer, BufferedPipe)
     channel.in_buffer.feed(b"before the swap ")
-    sshcompat.use_chunk_buffer(channel)
+    sshcompat.use_receive_buffer(channel, ChunkBuffer)
     channel.in_buffer.feed(b"and after")
     assert isinstance(channel.in_buffer._buffer, ChunkBuffer)
     assert channel.in_buffer.read(100) == b"before the swap and after"
@@ -194,3 +205,43 @@ def test_the_fast_hmac_is_what_the_packet_layer_looks_up() -> None:
     sshcompat.install_fast_hmac()
     assert paramiko.packet.compute_hmac is sshcompat.compute_hmac
     assert paramiko.util.constant_time_bytes_eq(b"mac", b"mac")
+
+
+def test_channel_activity_reads_a_real_channels_flow_counters() -> None:
+    channel = paramiko.Channel(1)
+    quiet = sshcompat.channel_activity(channel)
+    assert quiet.unread == 0
+    channel.in_buffer.feed(b"12345")
+    channel.in_window_sofar += 5  # as Channel._feed counts received bytes
+    moved = sshcompat.channel_activity(channel)
+    assert moved.unread == 5
+    assert moved.counters != quiet.counters
+
+
+def test_open_channel_count_and_server_object_of_a_real_transport() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        transport = paramiko.Transport(left)
+        assert sshcompat.open_channel_count(transport) == 0
+        assert sshcompat.server_object(transport) is None  # before start_server
+        assert sshcompat.was_authenticated(transport) is False
+
+
+def test_read_sftp_packet_reads_a_real_sftp_packet_and_refuses_a_huge_one() -> None:
+    class Refused(Exception):
+        pass
+
+    left, right = socket.socketpair()
+    with left, right:
+        sftp = BaseSFTP()
+        sftp.sock = left
+        right.sendall(struct.pack(">IB", 5, 1) + b"\x00\x00\x00\x03")
+        assert sshcompat.read_sftp_packet(sftp, 1000, Refused) == (1, b"\x00\x00\x00\x03")
+        right.sendall(struct.pack(">I", 0x7FFFFFFF))
+        with pytest.raises(Refused, match=str(0x7FFFFFFF)):
+            sshcompat.read_sftp_packet(sftp, 1000, lambda size: Refused(str(size)))
+
+
+def test_request_buffer_is_the_messages_bytes() -> None:
+    message = paramiko.Message(b"\x00\x00\x00\x07")
+    assert sshcompat.request_buffer(message).getvalue() == b"\x00\x00\x00\x07"

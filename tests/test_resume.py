@@ -23,6 +23,7 @@ from tests.helpers import (
     make_user_key,
     serve_subprocess,
     sha256_file,
+    tagged_sha256,
     wait_port,
     wait_until,
 )
@@ -100,8 +101,7 @@ def test_killed_client_resumes_with_reput_and_the_object_is_whole(
     [row] = running.catalog.uploads_for_key(running.bucket, key)
     assert row.id == partial.id and row.status == "completed"
     assert row.sha256 == sha256_file(source)
-    head = running.storage.client.head_object(Bucket=running.bucket, Key=key)
-    assert head["Metadata"]["sha256"] == row.sha256
+    assert tagged_sha256(running.storage.client, running.bucket, key) == row.sha256
     assert running.open_multipart_uploads() == []
     print(
         f"interrupted at {received} bytes received, {partial.size} durable: resume re-sent {lost}"
@@ -251,7 +251,11 @@ def test_gateway_killed_mid_upload_recovers_and_resumes(
     config.write_text(
         yaml.safe_dump(
             {
-                "server": {"listen": f"127.0.0.1:{port}", "host_keys_dir": str(tmp_path / "hk")},
+                "server": {  # one process: kill -9 kills the gateway, no supervisor
+                    "listen": f"127.0.0.1:{port}",
+                    "host_keys_dir": str(tmp_path / "hk"),
+                    "workers": 1,
+                },
                 "storage": {
                     "bucket": bucket_name,
                     "prefix": "incoming",

@@ -70,7 +70,7 @@ def test_announced_size_is_checked_against_the_limit_and_s3() -> None:
     check_declared_size(GIB, GIB)  # exactly the limit is fine
     with pytest.raises(QuotaExceeded, match="file exceeds the maximum size of 1 GiB"):
         check_declared_size(GIB + 1, GIB)
-    with pytest.raises(QuotaExceeded, match="maximum size of 5120 GiB"):
+    with pytest.raises(QuotaExceeded, match="maximum size of 5 TiB"):
         check_declared_size(MAX_OBJECT_SIZE + 1, 100 * TIB)
 
 

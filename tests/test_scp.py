@@ -13,7 +13,14 @@ import pytest
 
 from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.scp import parse_command
-from tests.helpers import MIB, SSH_OPTIONS, RunningGateway, make_pdf, sha256_file
+from tests.helpers import (
+    MIB,
+    SSH_OPTIONS,
+    RunningGateway,
+    make_pdf,
+    sha256_file,
+    tagged_sha256,
+)
 
 SIZE = 20 * MIB
 MTIME = 1_600_000_000  # 2020-09-13, far from "now", so a kept time is visibly kept
@@ -41,7 +48,7 @@ def assert_landed(running: RunningGateway, path: str, source: Path) -> None:
     assert running.object_sha256(key) == expected
     meta = running.storage.client.head_object(Bucket=running.bucket, Key=key)["Metadata"]
     assert meta["uploaded-by"] == "alice"
-    assert meta["sha256"] == expected
+    assert tagged_sha256(running.storage.client, running.bucket, key) == expected
     assert meta["original-name"] == os.path.basename(path)
     rows = running.catalog.uploads_for_key(running.bucket, key)
     assert rows and rows[0].status == "completed"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import MIB, RunningGateway, make_pdf, sha256_file
+from tests.helpers import MIB, RunningGateway, make_pdf, sha256_file, tagged_sha256
 from tests.seaweed import SeaweedServer, weed_binary
 
 pytestmark = [
@@ -43,7 +43,7 @@ def object_head(gw: RunningGateway, key: str) -> dict[str, Any]:
 
 
 def assert_identified(gw: RunningGateway, key: str, source: Path) -> None:
-    """Same bytes, INTERFACE.md metadata, and one completed catalog row that agrees."""
+    """Same bytes, the documented metadata and tags, one completed catalog row that agrees."""
     digest = sha256_file(source)
     size = source.stat().st_size
     assert gw.object_sha256(key) == digest
@@ -67,7 +67,7 @@ def assert_identified(gw: RunningGateway, key: str, source: Path) -> None:
     assert meta["client-ip"] == "127.0.0.1"
     assert meta["original-name"] == key.rsplit("/", 1)[-1]
     assert datetime.fromisoformat(meta["uploaded-at"].replace("Z", "+00:00")).tzinfo
-    assert meta["sha256"] == digest
+    assert tagged_sha256(gw.storage.client, gw.bucket, key) == digest
     assert gw.open_multipart_uploads() == []
 
 

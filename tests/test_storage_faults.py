@@ -29,7 +29,7 @@ class FailingCompletion(S3Storage):
 
 
 class FailingPut(S3Storage):
-    def put(self, key, body, metadata, content_type) -> None:  # type: ignore[no-untyped-def]
+    def put(self, key, body, metadata, content_type, **options) -> None:  # type: ignore[no-untyped-def]
         raise StorageError("storage unavailable during upload")
 
 

@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from sftp_gateway.catalog.models import AuthScoreRow, BanRow
-from sftp_gateway.catalog.repository import _aware, utcnow
+from sftp_gateway.records import as_utc as _aware
+from sftp_gateway.records import utcnow
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from sftp_gateway.catalog.repository import Catalog
+
+if TYPE_CHECKING:
+    from sftp_gateway.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -43,3 +49,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def build_catalog(settings: Settings) -> Catalog:
+    """The catalog the config names, migrated first when `catalog.auto_migrate` is on.
+
+    Here, not in app.py: the CLI's catalog commands and the notifier Lambda build a
+    catalog without loading the SSH server (or paramiko)."""
+    engine = make_engine(settings.catalog.url)
+    if settings.catalog.auto_migrate:
+        upgrade(engine)
+    return Catalog(engine)

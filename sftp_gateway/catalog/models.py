@@ -87,6 +87,27 @@ class UploadRow(Base):
     # With storage.compression: the bytes stored in S3 (size is what the client sent).
     stored_size: Mapped[int | None] = mapped_column(BigInteger)
     compression: Mapped[str | None] = mapped_column(String(16))
+    # Uploaded from a browser through this upload link (upload_links.id), else None.
+    link_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class UploadLinkRow(Base):
+    """A browser upload link: its token (SHA-256 only) lets anyone holding the URL
+    upload as `user_name` into its home (or `folder` in it) until it expires."""
+
+    __tablename__ = "upload_links"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    folder: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    max_uploads: Mapped[int | None] = mapped_column(Integer)
+    max_size: Mapped[int | None] = mapped_column(BigInteger)
+    uploads_used: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class OutboxRow(Base):

@@ -12,35 +12,39 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from sftp_gateway.auth import Principal, PublicKey
+from sftp_gateway import metrics
 from sftp_gateway.catalog.models import OutboxRow, SentEmailRow, UploadRow, UserKeyRow, UserRow
-from sftp_gateway.events.schema import UPLOAD_COMPLETED, UPLOAD_FAILED, build_event
+from sftp_gateway.events.schema import build_upload_event
+from sftp_gateway.records import (
+    OutboxEvent,
+    Principal,
+    PublicKey,
+    ResumeState,
+    UploadRecord,
+    UploadStatus,
+    UserRecord,
+    utcnow,
+)
+from sftp_gateway.records import as_utc as _aware
 
-IN_PROGRESS = "in_progress"
-COMPLETED = "completed"
-FAILED = "failed"
-ABORTED = "aborted"
-INTERRUPTED = "interrupted"
-STATUSES = (IN_PROGRESS, COMPLETED, FAILED, ABORTED, INTERRUPTED)
+# The records and statuses live in sftp_gateway.records (shared by every layer); these
+# names stay importable from here for the callers that still use them.
+__all__ = ["Catalog", "CatalogError", "OutboxEvent", "UploadRecord", "UserRecord", "utcnow"]
+IN_PROGRESS = UploadStatus.IN_PROGRESS
+COMPLETED = UploadStatus.COMPLETED
+FAILED = UploadStatus.FAILED
+ABORTED = UploadStatus.ABORTED
+INTERRUPTED = UploadStatus.INTERRUPTED
+COMPLETING = UploadStatus.COMPLETING
+STATUSES = tuple(status.value for status in UploadStatus)
 EMAIL_LOCK_NAMESPACE = 0x5F7E  # advisory-lock class for email_guard
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(ts: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if ts is not None and ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
-    return ts
 
 
 class CatalogError(Exception):
@@ -48,54 +52,52 @@ class CatalogError(Exception):
 
 
 @dataclass(frozen=True)
-class UserRecord:
-    name: str
-    email: str | None
-    home: str
-    permissions: frozenset[str]
+class EventRecord:
+    """An outbox event as `sftp-gateway events list` shows it."""
+
+    id: int
+    event_id: str
+    upload_id: str
+    event_type: str
+    attempts: int
     created_at: datetime
-    keys: tuple[PublicKey, ...]
+    next_attempt_at: datetime
+    last_error: str | None
+    parked_at: datetime | None
+    key: str | None
 
+    @property
+    def state(self) -> str:
+        """parked (waits for `events retry`), retrying (failed before), or pending."""
+        if self.parked_at is not None:
+            return "parked"
+        return "retrying" if self.last_error else "pending"
 
-@dataclass(frozen=True)
-class UploadRecord:
-    id: str
-    user_name: str
-    path: str
-    bucket: str
-    object_key: str
-    status: str
-    started_at: datetime
-    size: int = 0
-    sha256: str | None = None
-    content_type: str | None = None
-    key_fingerprint: str | None = None
-    client_ip: str | None = None
-    client_version: str | None = None
-    completed_at: datetime | None = None
-    s3_upload_id: str | None = None
-    error: str | None = None
-    mtime: int | None = None
-    owner: str | None = None
-    parts: list[dict[str, Any]] | None = None
-    resume_state: dict[str, Any] | None = None
+    def age_seconds(self, now: datetime | None = None) -> float:
+        return ((now or utcnow()) - self.created_at).total_seconds()
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for name in ("started_at", "completed_at"):
+        for name in ("created_at", "next_attempt_at", "parked_at"):
             out[name] = out[name].isoformat() if out[name] else None
-        out.pop("parts", None)
-        out.pop("resume_state", None)
+        out["state"] = self.state
+        out["age_seconds"] = round(self.age_seconds(), 1)
         return out
 
 
-@dataclass(frozen=True)
-class OutboxEvent:
-    id: int
-    event_id: str
-    event_type: str
-    payload: dict[str, Any]
-    attempts: int
+def _event_record(row: OutboxRow) -> EventRecord:
+    return EventRecord(
+        id=row.id,
+        event_id=row.event_id,
+        upload_id=row.upload_id,
+        event_type=row.event_type,
+        attempts=row.attempts,
+        created_at=_aware(row.created_at),  # type: ignore[arg-type]
+        next_attempt_at=_aware(row.next_attempt_at),  # type: ignore[arg-type]
+        last_error=row.last_error,
+        parked_at=_aware(row.parked_at),
+        key=(row.payload or {}).get("key"),
+    )
 
 
 def _upload_record(row: UploadRow) -> UploadRecord:
@@ -119,7 +121,10 @@ def _upload_record(row: UploadRow) -> UploadRecord:
         mtime=row.mtime,
         owner=row.owner,
         parts=row.parts,
-        resume_state=row.resume_state,
+        resume_state=cast("ResumeState | None", row.resume_state),  # a JSON column
+        stored_size=row.stored_size,
+        compression=row.compression,
+        link_id=row.link_id,
     )
 
 
@@ -249,6 +254,44 @@ class Catalog:
         """Record progress (S3 upload id, parts, resume state) without emitting events."""
         with self._tx() as session:
             session.execute(update(UploadRow).where(UploadRow.id == upload_id).values(**changes))
+        metrics.upload_ended(changes.get("status"))  # counts `interrupted`, not progress
+
+    def take_lease(
+        self, upload_id: str, lease_owner: str, expires_at: datetime, **changes: Any
+    ) -> bool:
+        """Claim a resumable upload for one session, atomically on any database: it must be
+        interrupted (no live lease), or a resume whose lease expired (its instance died).
+        The row becomes in_progress under this lease; False when someone else holds it."""
+        now = utcnow()
+        free = or_(UploadRow.lease_expires_at.is_(None), UploadRow.lease_expires_at < now)
+        claimable = or_(
+            UploadRow.status == INTERRUPTED,
+            and_(UploadRow.status == IN_PROGRESS, UploadRow.lease_owner.isnot(None)),
+        )
+        with self._tx() as session:
+            result = session.execute(
+                update(UploadRow)
+                .where(UploadRow.id == upload_id, claimable, free)
+                .values(
+                    status=IN_PROGRESS,
+                    lease_owner=lease_owner,
+                    lease_expires_at=expires_at,
+                    **changes,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def renew_lease(self, upload_id: str, lease_owner: str, expires_at: datetime) -> bool:
+        """Extend a lease this session holds; False when it was lost (expired and taken)."""
+        with self._tx() as session:
+            result = session.execute(
+                update(UploadRow)
+                .where(UploadRow.id == upload_id, UploadRow.lease_owner == lease_owner)
+                .values(lease_expires_at=expires_at)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
 
     def finish_upload(
         self,
@@ -257,10 +300,13 @@ class Catalog:
         status: str,
         emit: bool = True,
         insert: UploadRecord | None = None,
+        only_if: str | None = None,
         **changes: Any,
     ) -> UploadRecord:
         """Set the final state and, in the same transaction, queue its event. `insert`
-        writes the upload's row first, for uploads that had none yet (small files)."""
+        writes the upload's row first, for uploads that had none yet (small files).
+        `only_if`: change nothing (and queue no event) unless the row has that status,
+        so an upload finished twice (its CLOSE and recovery) announces itself once."""
         with self._tx() as session:
             if insert is not None:
                 session.add(UploadRow(**dataclasses.asdict(insert)))
@@ -268,6 +314,8 @@ class Catalog:
             row = session.get(UploadRow, upload_id, with_for_update=True)
             if row is None:
                 raise CatalogError(f"no upload {upload_id}")
+            if only_if is not None and row.status != only_if:
+                return _upload_record(row)
             row.status = status
             for name, value in changes.items():
                 setattr(row, name, value)
@@ -276,10 +324,10 @@ class Catalog:
             session.flush()
             record = _upload_record(row)
             if emit:
-                event_type = UPLOAD_COMPLETED if status == COMPLETED else UPLOAD_FAILED
                 email = session.scalar(select(UserRow.email).where(UserRow.name == row.user_name))
-                self._queue_event(session, build_event(record, event_type, email))
-            return record
+                self._queue_event(session, build_upload_event(record, email))
+        metrics.upload_ended(status)
+        return record
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
         with self._tx() as session:
@@ -303,8 +351,15 @@ class Catalog:
         since: datetime | None = None,
         status: str | None = None,
         limit: int = 1000,
+        text: str | None = None,
     ) -> list[UploadRecord]:
+        """Newest first; `text` matches part of the object key or of the user name."""
         query = select(UploadRow).order_by(UploadRow.started_at.desc()).limit(limit)
+        if text:
+            query = query.where(
+                UploadRow.object_key.contains(text, autoescape=True)
+                | UploadRow.user_name.contains(text, autoescape=True)
+            )
         if user:
             query = query.where(UploadRow.user_name == user)
         if since:
@@ -324,15 +379,16 @@ class Catalog:
             return [_upload_record(row) for row in session.scalars(query).all()]
 
     def interrupted_upload(self, bucket: str, key: str) -> UploadRecord | None:
-        """The newest resumable upload of this key, if any."""
+        """The newest resumable upload of this key, if any: interrupted, or being resumed
+        under a lease (a second resume must be told the file is busy, not start over)."""
+        resumable = or_(
+            UploadRow.status == INTERRUPTED,
+            and_(UploadRow.status == IN_PROGRESS, UploadRow.lease_owner.isnot(None)),
+        )
         with self._tx() as session:
             row = session.scalars(
                 select(UploadRow)
-                .where(
-                    UploadRow.bucket == bucket,
-                    UploadRow.object_key == key,
-                    UploadRow.status == INTERRUPTED,
-                )
+                .where(UploadRow.bucket == bucket, UploadRow.object_key == key, resumable)
                 .order_by(UploadRow.started_at.desc())
                 .limit(1)
             ).first()
@@ -408,7 +464,11 @@ class Catalog:
             now = utcnow()
             query = (
                 select(OutboxRow)
-                .where(OutboxRow.sent_at.is_(None), OutboxRow.next_attempt_at <= now)
+                .where(
+                    OutboxRow.sent_at.is_(None),
+                    OutboxRow.parked_at.is_(None),
+                    OutboxRow.next_attempt_at <= now,
+                )
                 .order_by(OutboxRow.id)
                 .limit(limit)
             )
@@ -421,24 +481,96 @@ class Catalog:
             ]
 
             def settle(
-                event_id: int, *, sent: bool, error: str | None = None, retry_in: float = 0
+                event_id: int,
+                *,
+                sent: bool,
+                error: str | None = None,
+                retry_in: float = 0,
+                park: bool = False,
             ) -> None:
+                """Record one attempt: sent, due again in retry_in s, or parked."""
                 row = rows[event_id]
                 row.attempts += 1
                 if sent:
                     row.sent_at = utcnow()
                     row.last_error = None
+                    return
+                row.last_error = (error or "")[:2000]
+                if park:
+                    row.parked_at = utcnow()
                 else:
-                    row.last_error = (error or "")[:2000]
                     row.next_attempt_at = utcnow() + timedelta(seconds=retry_in)
 
             yield events, settle
 
     def pending_event_count(self) -> int:
+        """Events the dispatcher will still send (parked ones wait for an operator)."""
         with self._tx() as session:
             return session.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
+                select(func.count())
+                .select_from(OutboxRow)
+                .where(OutboxRow.sent_at.is_(None), OutboxRow.parked_at.is_(None))
             )
+
+    def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """(events not yet sent nor parked, when the oldest of them was queued): one
+        indexed query, cheap enough for every metrics scrape."""
+        with self._tx() as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(OutboxRow.created_at)).where(
+                    OutboxRow.sent_at.is_(None), OutboxRow.parked_at.is_(None)
+                )
+            ).one()
+            return int(count), _aware(oldest)
+
+    def ping(self) -> None:
+        """SELECT 1: the catalog answers (readiness checks)."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    def parked_event_count(self) -> int:
+        with self._tx() as session:
+            return session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.parked_at.isnot(None))
+            )
+
+    def unsent_events(self, *, failed_only: bool = False, limit: int = 1000) -> list[EventRecord]:
+        """Events not yet accepted by SQS, oldest first; failed_only: those that failed at
+        least once (retrying or parked)."""
+        query = (
+            select(OutboxRow).where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id).limit(limit)
+        )
+        if failed_only:
+            query = query.where(OutboxRow.last_error.isnot(None))
+        with self._tx() as session:
+            return [_event_record(row) for row in session.scalars(query).all()]
+
+    def retry_events(self, refs: Sequence[str] = (), *, every_parked: bool = False) -> int:
+        """Un-park events (by outbox id or event_id, or every parked one): due now, with
+        a fresh attempt budget. Unknown or already sent events raise CatalogError."""
+        with self._tx() as session:
+            if every_parked:
+                parked = select(OutboxRow).where(OutboxRow.parked_at.isnot(None))
+                rows = list(session.scalars(parked))
+            else:
+                rows = [self._unsent_event_row(session, ref) for ref in refs]
+            now = utcnow()
+            for row in rows:
+                row.parked_at = None
+                row.attempts = 0
+                row.next_attempt_at = now
+            return len(rows)
+
+    @staticmethod
+    def _unsent_event_row(session: Session, ref: str) -> OutboxRow:
+        ref = ref.strip()
+        match = OutboxRow.id == int(ref) if ref.isdigit() else OutboxRow.event_id == ref
+        row = session.scalar(select(OutboxRow).where(match))
+        if row is None:
+            raise CatalogError(f"no event {ref}")
+        if row.sent_at is not None:
+            raise CatalogError(f"event {ref} was already sent to SQS")
+        return row
 
     # -- notifier ------------------------------------------------------------------
 

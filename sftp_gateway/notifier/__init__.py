@@ -53,7 +53,7 @@ def make_lambda_handler(processor: EventProcessor) -> LambdaHandler:
 
 def _build_default_handler() -> LambdaHandler:
     """Settings, catalog and sender from the environment, once per Lambda container."""
-    from sftp_gateway.app import build_catalog
+    from sftp_gateway.catalog import build_catalog
     from sftp_gateway.config import load_settings, resolve_config_path, settings_from_dict
     from sftp_gateway.notifier.senders import make_sender
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import defaultdict, deque
 
+from sftp_gateway import metrics
 from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import NotifierConfig
 from sftp_gateway.events.schema import UPLOAD_FAILED
@@ -178,7 +179,9 @@ class EventProcessor:
                 self.sender.send(message, recipients)
             except Exception as exc:
                 log.warning("email for event %s not sent, will retry: %s", event_id, exc)
+                metrics.email_sent(False)
                 return Outcome.RETRY
+            metrics.email_sent(True)
             if event["type"] == UPLOAD_FAILED:
                 self.failure_limiter.note(user)
             log.info("emailed event %s (%s) to %s", event_id, event["type"], ", ".join(recipients))

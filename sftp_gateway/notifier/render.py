@@ -16,11 +16,12 @@ from typing import Any
 
 from sftp_gateway.events.schema import UPLOAD_COMPLETED, UPLOAD_FAILED
 from sftp_gateway.paths import hostile_character
+from sftp_gateway.units import human_size
 
+__all__ = ["MalformedEvent", "human_size", "parse_event", "recipients_for", "render_email"]
 REQUIRED_FIELDS = ("type", "event_id", "user")
 MAX_HEADER_VALUE = 200
 _EVENT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")  # it becomes the Message-ID
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 class MalformedEvent(ValueError):
@@ -43,18 +44,6 @@ def parse_event(body: str | bytes) -> dict[str, Any]:
     if not isinstance(event["event_id"], str) or not _EVENT_ID.match(event["event_id"]):
         raise MalformedEvent("event_id is not a short string of letters, digits and '-'")
     return event
-
-
-def human_size(size: int) -> str:
-    """1536 -> '1.5 KiB'; small sizes stay in bytes."""
-    if size < 1024:
-        return f"{size} bytes"
-    value = float(size)
-    for unit in _UNITS:
-        value /= 1024
-        if value < 1024 or unit == _UNITS[-1]:
-            break
-    return f"{value:.1f} {unit}"
 
 
 def recipients_for(

@@ -11,22 +11,22 @@ SIGTERM lets the message in hand finish.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from sftp_gateway.backoff import Backoff
 from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import Settings
 from sftp_gateway.errors import ConfigError
 from sftp_gateway.events.publisher import sqs_client
 from sftp_gateway.notifier.processor import EventProcessor, Outcome
 from sftp_gateway.notifier.senders import Sender, make_sender
+from sftp_gateway.signals import capture_signals
 
 log = logging.getLogger(__name__)
 ONCE_WAIT_SECONDS = 1  # --once: a short long-poll finds what is queued, then exits
+RECEIVE_BACKOFF = Backoff(base=1.0, cap=60.0)  # SQS unreachable: 2 s, 4 s, ... 60 s
 
 
 @dataclass
@@ -161,7 +161,7 @@ class NotifierWorker:
                 if once:
                     raise
                 failures += 1
-                delay = min(60.0, 2.0**failures)
+                delay = RECEIVE_BACKOFF.delay(failures)
                 log.warning("cannot receive from SQS (retry in %.0fs): %s", delay, exc)
                 self.stop_event.wait(delay)
                 continue
@@ -172,25 +172,6 @@ class NotifierWorker:
             seen |= ids
             self.handle_batch(messages)
         return self.stats
-
-
-@contextmanager
-def _stop_on_signals(worker: NotifierWorker) -> Iterator[None]:
-    """SIGTERM/SIGINT stop the worker (main thread only); the handlers are restored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing the message in hand, then exiting", signum)
-        worker.request_stop(from_signal=True)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def run_worker(
@@ -204,7 +185,13 @@ def run_worker(
     """The notifier command: poll, email, delete; returns what it did."""
     worker = NotifierWorker(settings, catalog, sender=sender, stop=stop)
     log.info("notifier polling %s", worker.queue_url)
-    with _stop_on_signals(worker):
+
+    def stop_on_signal() -> None:
+        """SIGTERM/SIGINT: finish the message in hand (an idle long poll ends at once)."""
+        log.info("signal: finishing the message in hand, then exiting")
+        worker.request_stop(from_signal=True)
+
+    with capture_signals(worker.stop_event, on_stop=stop_on_signal):
         stats = worker.run(once=once)
     log.info(
         "notifier stopped: %d done, %d to retry, %d malformed, %d dropped",
@@ -218,6 +205,8 @@ def run_worker(
 
 class NotifierThread:
     """The notifier inside the gateway process (the demo): start()/stop() like a worker."""
+
+    name = "notifier"
 
     def __init__(self, settings: Settings, catalog: Catalog, sender: Sender | None = None) -> None:
         self.worker = NotifierWorker(settings, catalog, sender=sender)

@@ -12,7 +12,7 @@ from paramiko.sftp import SFTP_OK
 from sftp_gateway.errors import InvalidRequest, NotSupported
 from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
 from sftp_gateway.paths import normalize
-from sftp_gateway.transfer import FileWriter
+from sftp_gateway.transfer import FileWriter, SessionUploads
 
 
 def attributes(item: FileStat) -> paramiko.SFTPAttributes:
@@ -117,6 +117,9 @@ class GatewaySFTPInterface(paramiko.SFTPServerInterface):
     def __init__(self, server: paramiko.ServerInterface, *args: object, **kwargs: object) -> None:
         super().__init__(server, *args, **kwargs)
         self.fs: UserFilesystem = server.filesystem()  # type: ignore[attr-defined]
+        # The files this SFTP session opened for writing and has not finished, including
+        # those CLOSEd under a temporary name and awaiting their rename.
+        self.uploads = SessionUploads()
 
     def canonicalize(self, path: str) -> str:
         return normalize(path)
@@ -137,6 +140,7 @@ class GatewaySFTPInterface(paramiko.SFTPServerInterface):
                 exclusive=bool(flags & os.O_EXCL),
                 truncate=bool(flags & os.O_TRUNC),
                 append=bool(flags & os.O_APPEND),
+                session=self.uploads,
             )
             return UploadHandle(writer)
         download = self.fs.open_download(path)

@@ -12,11 +12,11 @@
   server does not know, names that are not UTF-8 and requests that end before their
   fields get a status and one WARNING line, never a traceback.
 
-paramiko private API used here (besides the SFTPServer methods overridden below,
-`_process`, `_send_server_version`, `_send_status`, `_send_packet`, `_response`,
-`file_table`, `folder_table`): `BaseSFTP._read_packet` (replaced, to check the length
-first), `BaseSFTP._read_all`, `Message.packet` (the request's BytesIO, re-wrapped in
-`BoundedMessage`), `SubsystemHandler.get_server()` (public) for the connection.
+paramiko internals: this subclass overrides SFTPServer's `_process`,
+`_send_server_version`, `_read_packet` and `_send_packet`, calls `_send_status` and
+`_response`, and looks handles up in `file_table`/`folder_table`; everything else
+(reading a packet through `_read_all`, `Message.packet`, the handle count, the
+channel's receive buffer) goes through sshcompat.py, which lists and tests each one.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ from paramiko.sftp import (
 )
 from paramiko.sftp import CMD_NAMES as CMD_NAMES
 
+from sftp_gateway import logs, sshcompat
 from sftp_gateway.idle import ConnectionActivity
 from sftp_gateway.sftp.errors import status_for
 from sftp_gateway.sftp.handler import GatewaySFTPInterface, UploadHandle
-from sftp_gateway.sshcompat import use_chunk_buffer
+from sftp_gateway.sftp.pipe import ChunkBuffer
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class GatewaySFTPServer(paramiko.SFTPServer):
     server: GatewaySFTPInterface
 
     def start_subsystem(self, name: str, transport: paramiko.Transport, channel) -> None:  # type: ignore[no-untyped-def]
-        use_chunk_buffer(channel)  # paramiko's buffer costs O(buffered) per read
+        sshcompat.use_receive_buffer(channel, ChunkBuffer)  # paramiko's: O(buffered) a read
         try:
             super().start_subsystem(name, transport, channel)
         except (SFTPError, EOFError, OSError) as exc:  # before INIT: paramiko would log
@@ -145,15 +146,20 @@ class GatewaySFTPServer(paramiko.SFTPServer):
 
     def _read_packet(self) -> tuple[int, bytes]:
         """paramiko's, with the length checked before the body is read or allocated."""
-        (size,) = struct.unpack(">I", self._read_all(4))
-        if size > MAX_PACKET:
-            text = f"packet of {size} bytes exceeds the {MAX_PACKET}-byte limit"
-            log.warning("SFTP packet refused for %s: %s; channel closed", self._who(), text)
-            raise OversizePacket(text)
-        if size == 0:
-            return 0, b""
-        data = self._read_all(size)
-        return data[0], data[1:]
+        return sshcompat.read_sftp_packet(self, MAX_PACKET, self._oversize)
+
+    def _oversize(self, size: int) -> OversizePacket:
+        text = f"packet of {size} bytes exceeds the {MAX_PACKET}-byte limit"
+        extra = self._refusal_fields("packet_size")
+        who = self._who()
+        log.warning("SFTP packet refused for %s: %s; channel closed", who, text, extra=extra)
+        return OversizePacket(text)
+
+    def _refusal_fields(self, reason: str) -> dict[str, object]:
+        """The connection's log context (conn, user, addr) for a `refused` event line."""
+        conn_log = getattr(self.get_server(), "log", None)
+        context = conn_log.context if isinstance(conn_log, logs.ConnectionLog) else {}
+        return {**context, **logs.fields("refused", reason=reason)}
 
     def _send_packet(self, t: int, packet: Message) -> None:
         """The reply is ready: from here on, a slow client is the client's idle time."""
@@ -180,7 +186,7 @@ class GatewaySFTPServer(paramiko.SFTPServer):
         if activity is not None:
             activity.start_work(self)  # until the reply is sent (S3 may be slow)
         try:
-            self._dispatch(t, request_number, BoundedMessage(msg.packet))
+            self._dispatch(t, request_number, BoundedMessage(sshcompat.request_buffer(msg)))
         except Refused as refusal:
             self._refuse(request_number, t, refusal.code, str(refusal))
         except UnicodeDecodeError:  # paramiko decodes every name strictly as UTF-8
@@ -195,7 +201,8 @@ class GatewaySFTPServer(paramiko.SFTPServer):
     def _refuse(self, request_number: int, t: int, code: int, text: str) -> None:
         """One WARNING line naming user and address, and the status the client sees."""
         kind = CMD_NAMES.get(t, str(t)).upper()
-        log.warning("SFTP %s refused for %s: %s", kind, self._who(), text)
+        extra = self._refusal_fields(f"sftp_{kind.lower()}")
+        log.warning("SFTP %s refused for %s: %s", kind, self._who(), text, extra=extra)
         self._send_status(request_number, code, text)
 
     def _dispatch(self, t: int, request_number: int, msg: Message) -> None:
@@ -217,7 +224,7 @@ class GatewaySFTPServer(paramiko.SFTPServer):
     def _check_handle_limit(self) -> None:
         """OpenSSH's sftp-server caps handles too: each holds buffers or a listing."""
         limit = self.server.fs.settings.server.max_handles_per_session
-        if len(self.file_table) + len(self.folder_table) >= limit:
+        if sshcompat.open_handle_count(self) >= limit:
             raise Refused(SFTP_FAILURE, f"too many open files (limit {limit})")
 
     def _read(self, request_number: int, msg: Message) -> None:
@@ -299,13 +306,12 @@ class GatewaySFTPServer(paramiko.SFTPServer):
         self._send_packet(CMD_EXTENDED_REPLY, msg)
 
     def finish_subsystem(self) -> None:
-        """The channel is gone: uploads still open were not closed by the client."""
-        for handle in list(self.file_table.values()):
-            if isinstance(handle, UploadHandle):
-                try:
-                    handle.writer.abandon()
-                except Exception:
-                    log.exception("abandoning an upload failed")
+        """The channel is gone: the session closes out every upload it still owns, open
+        (abandoned: interrupted, resumable) or CLOSEd under a temporary name and never
+        renamed (published under its final name)."""
+        uploads = getattr(self.server, "uploads", None)
+        if uploads is not None:
+            uploads.close_out()
         # OpenSSH's scp (SFTP mode) reports failure when the channel ends without one.
         with contextlib.suppress(Exception):
             if not self.sock.closed:

@@ -15,6 +15,7 @@ class ObjectInfo:
     modified: datetime | None
     metadata: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
+    content_encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Part:
     etag: str
     size: int
     checksum: str | None = None
+    # Bytes of the file this part carries when it is stored compressed (None: `size`).
+    source_size: int | None = None
 
 
 class Storage(Protocol):
@@ -55,9 +58,25 @@ class Storage(Protocol):
     def probe(self, key: str) -> Probe: ...
     def list_dir(self, prefix: str) -> Iterator[Entry]: ...
     def put(
-        self, key: str, body: bytes | bytearray, metadata: dict[str, str], content_type: str
+        self,
+        key: str,
+        body: bytes | bytearray,
+        metadata: dict[str, str],
+        content_type: str,
+        *,
+        tags: dict[str, str] | None = None,
+        content_encoding: str | None = None,
     ) -> None: ...
-    def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str: ...
+    def create_multipart(
+        self,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        *,
+        content_encoding: str | None = None,
+    ) -> str: ...
+    def set_tags(self, key: str, tags: dict[str, str]) -> None: ...
+    def get_tags(self, key: str) -> dict[str, str]: ...
     def upload_part(
         self, key: str, upload_id: str, number: int, body: bytes | bytearray
     ) -> Part: ...
@@ -66,7 +85,13 @@ class Storage(Protocol):
     def list_parts(self, key: str, upload_id: str) -> list[Part]: ...
     def list_multipart_uploads(self, prefix: str) -> list[tuple[str, str, datetime]]: ...
     def replace_metadata(
-        self, key: str, metadata: dict[str, str], content_type: str, size: int
+        self,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        size: int,
+        *,
+        content_encoding: str | None = None,
     ) -> None: ...
     def copy(self, source: str, target: str, metadata: dict[str, str] | None = None) -> None: ...
     def open_read(self, key: str, offset: int) -> BinaryIO: ...

@@ -13,6 +13,7 @@ import hashlib
 import io
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ class StoredObject:
     content_type: str
     modified: datetime
     etag: str
+    tags: dict[str, str] = field(default_factory=dict)
+    content_encoding: str | None = None
 
 
 @dataclass
@@ -41,6 +44,7 @@ class MultipartUpload:
     content_type: str
     initiated: datetime
     parts: dict[int, tuple[Part, bytes]] = field(default_factory=dict)
+    content_encoding: str | None = None
 
 
 def _now() -> datetime:
@@ -67,6 +71,7 @@ class MemoryStorage:
         self._objects: dict[str, StoredObject] = {}
         self._uploads: dict[str, MultipartUpload] = {}
         self._failures: dict[str, list[GatewayError]] = {}
+        self.calls: Counter[str] = Counter()  # operation name -> times called
 
     # -- test hooks ------------------------------------------------------------------
 
@@ -79,6 +84,7 @@ class MemoryStorage:
             self._failures.setdefault(operation, []).append(failure)
 
     def _check_failure(self, operation: str) -> None:
+        self.calls[operation] += 1
         pending = self._failures.get(operation)
         if pending:
             raise pending.pop(0)
@@ -101,7 +107,14 @@ class MemoryStorage:
         return found
 
     def _info(self, key: str, obj: StoredObject) -> ObjectInfo:
-        return ObjectInfo(key, len(obj.data), obj.modified, dict(obj.metadata), obj.content_type)
+        return ObjectInfo(
+            key,
+            len(obj.data),
+            obj.modified,
+            dict(obj.metadata),
+            obj.content_type,
+            obj.content_encoding,
+        )
 
     def head(self, key: str) -> ObjectInfo | None:
         with self._lock:
@@ -144,14 +157,38 @@ class MemoryStorage:
     # -- writing ---------------------------------------------------------------------
 
     def put(
-        self, key: str, body: bytes | bytearray, metadata: dict[str, str], content_type: str
+        self,
+        key: str,
+        body: bytes | bytearray,
+        metadata: dict[str, str],
+        content_type: str,
+        *,
+        tags: dict[str, str] | None = None,
+        content_encoding: str | None = None,
     ) -> None:
         data = bytes(body)
         with self._lock:
             self._check_failure("put")
             self._objects[key] = StoredObject(
-                data, dict(metadata), content_type, _now(), _etag(data)
+                data,
+                dict(metadata),
+                content_type,
+                _now(),
+                _etag(data),
+                dict(tags or {}),
+                content_encoding,
             )
+
+    def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        """S3's PutObjectTagging: the whole tag set replaced, the object untouched."""
+        with self._lock:
+            self._check_failure("set_tags")
+            self._object(key, "tagging").tags = dict(tags)
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        with self._lock:
+            self._check_failure("get_tags")
+            return dict(self._object(key, "tagging").tags)
 
     def make_dir(self, prefix: str) -> None:
         self.put(prefix, b"", {}, "application/x-directory")
@@ -163,12 +200,19 @@ class MemoryStorage:
             self._objects.pop(key, None)
 
     def replace_metadata(
-        self, key: str, metadata: dict[str, str], content_type: str, size: int
+        self,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        size: int,
+        *,
+        content_encoding: str | None = None,
     ) -> None:
         with self._lock:
             self._check_failure("replace_metadata")
             obj = self._object(key, "metadata update")
             obj.metadata, obj.content_type, obj.modified = dict(metadata), content_type, _now()
+            obj.content_encoding = content_encoding
 
     def copy(self, source: str, target: str, metadata: dict[str, str] | None = None) -> None:
         with self._lock:
@@ -178,7 +222,13 @@ class MemoryStorage:
                 raise NotFound("copy: source not found")
             merged = {**obj.metadata, **(metadata or {})}
             self._objects[target] = StoredObject(
-                obj.data, merged, obj.content_type, _now(), obj.etag
+                obj.data,
+                merged,
+                obj.content_type,
+                _now(),
+                obj.etag,
+                dict(obj.tags),  # CopyObject's default TaggingDirective is COPY
+                obj.content_encoding,
             )
 
     def open_read(self, key: str, offset: int) -> BinaryIO:
@@ -198,11 +248,20 @@ class MemoryStorage:
             raise NotFound(f"{action}: not found")
         return upload
 
-    def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str:
+    def create_multipart(
+        self,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        *,
+        content_encoding: str | None = None,
+    ) -> str:
         with self._lock:
             self._check_failure("create_multipart")
             upload_id = uuid.uuid4().hex
-            self._uploads[upload_id] = MultipartUpload(key, dict(metadata), content_type, _now())
+            self._uploads[upload_id] = MultipartUpload(
+                key, dict(metadata), content_type, _now(), content_encoding=content_encoding
+            )
             return upload_id
 
     def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> Part:
@@ -226,7 +285,12 @@ class MemoryStorage:
             self._check_completion(upload, ordered)
             data = b"".join(upload.parts[p.number][1] for p in ordered)
             self._objects[key] = StoredObject(
-                data, upload.metadata, upload.content_type, _now(), _multipart_etag(ordered)
+                data,
+                upload.metadata,
+                upload.content_type,
+                _now(),
+                _multipart_etag(ordered),
+                content_encoding=upload.content_encoding,
             )
             del self._uploads[upload_id]
 

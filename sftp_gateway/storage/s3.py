@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlencode
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sftp_gateway import metrics
 from sftp_gateway.config import StorageConfig
 from sftp_gateway.errors import NotFound, StorageError
 from sftp_gateway.s3limits import MAX_SINGLE_COPY
@@ -70,10 +72,12 @@ class S3Storage:
                     "payload_signing_enabled": not config.part_checksums,
                     **({"addressing_style": "path"} if config.endpoint_url else {}),
                 },
-                connect_timeout=10,
-                read_timeout=120,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
             ),
         )
+        metrics.instrument_s3(self.client)  # latency and errors per operation
+        self._probe_client: Any | None = None
         self._sse: dict[str, str] = {}
         if config.sse:
             self._sse["ServerSideEncryption"] = config.sse
@@ -83,6 +87,23 @@ class S3Storage:
     def _call(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
         with translated(action):
             return fn(Bucket=self.bucket, **kwargs)
+
+    def ping(self, timeout: float) -> None:
+        """HeadBucket within about `timeout` seconds, one attempt (readiness checks):
+        the upload client retries for minutes, which a health check must not wait for."""
+        if self._probe_client is None:
+            self._probe_client = boto3.session.Session().client(
+                "s3",
+                region_name=self._config.region,
+                endpoint_url=self._config.endpoint_url,
+                config=BotoConfig(
+                    connect_timeout=timeout,
+                    read_timeout=timeout,
+                    retries={"max_attempts": 1, "mode": "standard"},
+                    s3={"addressing_style": "path"} if self._config.endpoint_url else {},
+                ),
+            )
+        self._probe_client.head_bucket(Bucket=self.bucket)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -95,6 +116,7 @@ class S3Storage:
             modified=resp.get("LastModified"),
             metadata=resp.get("Metadata", {}),
             content_type=resp.get("ContentType"),
+            content_encoding=resp.get("ContentEncoding"),
         )
 
     def has_prefix(self, prefix: str) -> bool:
@@ -139,8 +161,16 @@ class S3Storage:
                         yield Entry(name, False, obj["Size"], obj.get("LastModified"))
 
     def put(
-        self, key: str, body: bytes | bytearray, metadata: dict[str, str], content_type: str
+        self,
+        key: str,
+        body: bytes | bytearray,
+        metadata: dict[str, str],
+        content_type: str,
+        *,
+        tags: dict[str, str] | None = None,
+        content_encoding: str | None = None,
     ) -> None:
+        """One PutObject; tags ride on it (x-amz-tagging), no second request."""
         self._call(
             "upload",
             self.client.put_object,
@@ -148,20 +178,45 @@ class S3Storage:
             Body=body,
             Metadata=metadata,
             ContentType=content_type,
+            **({"Tagging": urlencode(tags)} if tags else {}),
+            **({"ContentEncoding": content_encoding} if content_encoding else {}),
             **self._checksum(body),
             **self._sse,
         )
 
+    def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        """Replace the object's tag set: the way to attach what is known only after
+        completion (the SHA-256) without rewriting the object (no copy, no new version,
+        no second ObjectCreated event)."""
+        self._call(
+            "tagging",
+            self.client.put_object_tagging,
+            Key=key,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )
+
+    def get_tags(self, key: str) -> dict[str, str]:
+        resp = self._call("tagging", self.client.get_object_tagging, Key=key)
+        return {tag["Key"]: tag["Value"] for tag in resp.get("TagSet", [])}
+
     def _checksum(self, body: bytes | bytearray) -> dict[str, str]:
         return {"ChecksumCRC32": crc32_b64(body)} if self._config.part_checksums else {}
 
-    def create_multipart(self, key: str, metadata: dict[str, str], content_type: str) -> str:
+    def create_multipart(
+        self,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        *,
+        content_encoding: str | None = None,
+    ) -> str:
         resp = self._call(
             "upload start",
             self.client.create_multipart_upload,
             Key=key,
             Metadata=metadata,
             ContentType=content_type,
+            **({"ContentEncoding": content_encoding} if content_encoding else {}),
             **({"ChecksumAlgorithm": "CRC32"} if self._config.part_checksums else {}),
             **self._sse,
         )
@@ -226,9 +281,19 @@ class S3Storage:
         return out
 
     def replace_metadata(
-        self, key: str, metadata: dict[str, str], content_type: str, size: int
+        self,
+        key: str,
+        metadata: dict[str, str],
+        content_type: str,
+        size: int,
+        *,
+        content_encoding: str | None = None,
     ) -> None:
-        """Set metadata known only at the end (the SHA-256) with an in-place copy."""
+        """Set metadata known only at the end (the SHA-256) with an in-place copy.
+
+        Only with storage.sha256_in_metadata: the copy rewrites the whole object (time
+        and a request billed by size, a second ObjectCreated event, and on a versioned
+        bucket a full-size noncurrent version)."""
         if size <= SINGLE_COPY_LIMIT:
             self._call(
                 "metadata update",
@@ -238,10 +303,11 @@ class S3Storage:
                 Metadata=metadata,
                 ContentType=content_type,
                 MetadataDirective="REPLACE",
+                **({"ContentEncoding": content_encoding} if content_encoding else {}),
                 **self._sse,
             )
         else:
-            self._managed_copy(key, key, metadata, content_type)
+            self._managed_copy(key, key, metadata, content_type, content_encoding)
 
     def copy(self, source: str, target: str, metadata: dict[str, str] | None = None) -> None:
         """Server-side copy; parallel UploadPartCopy for big objects (s3transfer)."""
@@ -249,10 +315,25 @@ class S3Storage:
         if info is None:
             raise NotFound("copy: source not found")
         merged = {**info.metadata, **(metadata or {})}
-        self._managed_copy(source, target, merged, info.content_type or "application/octet-stream")
+        # A multipart copy (UploadPartCopy) starts a new object: it carries no tags.
+        tags = self.get_tags(source) if info.size > self._config.copy_part_size else {}
+        self._managed_copy(
+            source,
+            target,
+            merged,
+            info.content_type or "application/octet-stream",
+            info.content_encoding,
+        )
+        if tags:
+            self.set_tags(target, tags)
 
     def _managed_copy(
-        self, source: str, target: str, metadata: dict[str, str], content_type: str
+        self,
+        source: str,
+        target: str,
+        metadata: dict[str, str],
+        content_type: str,
+        content_encoding: str | None = None,
     ) -> None:
         transfer = TransferConfig(
             multipart_threshold=self._config.copy_part_size,
@@ -260,6 +341,8 @@ class S3Storage:
             max_concurrency=self._config.max_concurrency * 2,
         )
         extra = {"Metadata": metadata, "ContentType": content_type, **self._sse}
+        if content_encoding:
+            extra["ContentEncoding"] = content_encoding
         if source == target:
             extra["MetadataDirective"] = "REPLACE"
         with translated("copy"):

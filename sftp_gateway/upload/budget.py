@@ -134,6 +134,13 @@ class Lease:
     def held(self) -> int:
         return self._held
 
+    def raise_ceiling(self, ceiling: int) -> None:
+        """An upload whose parts grow (s3limits.PartSchedule) needs more per buffer; the
+        budget, not this ceiling, is what bounds the process."""
+        with self._lock:
+            if self.ceiling is not None and ceiling > self.ceiling:
+                self.ceiling = ceiling
+
     def acquire(self, n: int, timeout: float | None = None) -> None:
         """Take `n` bytes (waiting as the budget does); the per-upload ceiling is what
         an upload structurally needs, so passing it is a bug, not a busy server."""

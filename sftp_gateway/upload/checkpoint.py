@@ -8,7 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from sftp_gateway.s3limits import PartSchedule
 from sftp_gateway.storage.base import Part
 
 log = logging.getLogger(__name__)
@@ -16,16 +18,52 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What is durably in S3: parts 1..n, their bytes, the SHA-256 state after them."""
+    """What is durably in S3: parts 1..n, their bytes, the SHA-256 state after them,
+    and how the next parts are made (the part-size schedule, the compression), so a
+    resume continues exactly as the upload would have."""
 
     upload_id: str
     part_size: int
     parts: tuple[Part, ...]
     hash_state: bytes
+    schedule: PartSchedule | None = None  # None: constant part_size (older checkpoints)
+    compression: str | None = None
 
     @property
     def size(self) -> int:
+        """Bytes of the file the parts hold (before compression): the resume offset."""
+        return sum(p.size if p.source_size is None else p.source_size for p in self.parts)
+
+    @property
+    def stored_size(self) -> int:
         return sum(part.size for part in self.parts)
+
+    @property
+    def part_schedule(self) -> PartSchedule:
+        return self.schedule or PartSchedule.constant(self.part_size)
+
+    def state(self) -> dict[str, Any]:
+        """The catalog's `resume_state` (JSON) for this checkpoint."""
+        return {
+            **self.part_schedule.as_dict(),
+            "sha256_state": self.hash_state.hex(),
+            **({"compression": self.compression} if self.compression else {}),
+        }
+
+    @classmethod
+    def from_state(
+        cls, upload_id: str, parts: tuple[Part, ...], state: dict[str, Any]
+    ) -> Checkpoint:
+        """Read `resume_state`, also as older gateways wrote it (`part_size` only)."""
+        schedule = PartSchedule.from_dict(state)
+        return cls(
+            upload_id=upload_id,
+            part_size=schedule.base,
+            parts=parts,
+            hash_state=bytes.fromhex(state["sha256_state"]),
+            schedule=schedule,
+            compression=state.get("compression"),
+        )
 
 
 class DurableParts:
@@ -34,12 +72,14 @@ class DurableParts:
 
     def __init__(
         self,
-        part_size: int,
+        schedule: PartSchedule,
         resume: Checkpoint | None,
         on_checkpoint: Callable[[Checkpoint], None] | None,
         interval: float,
+        compression: str | None = None,
     ) -> None:
-        self.part_size = part_size
+        self.schedule = schedule
+        self.compression = compression
         self.upload_id = resume.upload_id if resume else None
         self._resumed = resume
         self._stored: dict[int, Part] = {p.number: p for p in resume.parts} if resume else {}
@@ -61,12 +101,14 @@ class DurableParts:
     def hashed(self, number: int, state: bytes) -> None:
         self._hash_states[number] = state
 
-    def prefix(self) -> Checkpoint | None:
-        """The longest run of parts 1..n both stored in S3 and hashed, or None."""
+    def prefix(self, max_parts: int | None = None) -> Checkpoint | None:
+        """The longest run of parts 1..n both stored in S3 and hashed (n at most
+        max_parts, beyond the parts a resume started with), or None."""
         if self.upload_id is None:
             return None
         count = self.base_parts
-        while count + 1 in self._stored and count + 1 in self._hash_states:
+        limit = max(max_parts, count) if max_parts is not None else len(self._stored)
+        while count < limit and count + 1 in self._stored and count + 1 in self._hash_states:
             count += 1
         if count == 0:
             return None
@@ -76,7 +118,9 @@ class DurableParts:
             assert self._resumed is not None
             state = self._resumed.hash_state
         parts = tuple(self._stored[n] for n in range(1, count + 1))
-        return Checkpoint(self.upload_id, self.part_size, parts, state)
+        return Checkpoint(
+            self.upload_id, self.schedule.base, parts, state, self.schedule, self.compression
+        )
 
     def maybe_report(self) -> None:
         """Report progress (at most once per interval) so a crash can resume from it."""

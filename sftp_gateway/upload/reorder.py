@@ -11,12 +11,15 @@ Nothing is ever written twice or skipped.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from sftp_gateway.errors import InvalidRequest
-from sftp_gateway.upload.budget import Lease
+from sftp_gateway.upload.budget import Lease, ServerBusy
+
+log = logging.getLogger(__name__)
 
 
 class ReorderBuffer:
@@ -67,8 +70,14 @@ class ReorderBuffer:
         self._disk_lease.acquire(len(data), timeout=0)  # ServerBusy when the disk budget is spent
         if self._spill is None:
             self._spill = tempfile.TemporaryFile(prefix="sftp-gateway-reorder-")  # noqa: SIM115 - lives until close()
-        self._spill.seek(self._spill_end)
-        self._spill.write(data)
+        try:
+            self._spill.seek(self._spill_end)
+            self._spill.write(data)
+            self._spill.flush()  # a full disk fails this WRITE, not a later one
+        except OSError as exc:
+            log.warning("reorder spill failed: %s", exc.strerror or exc)
+            text = "no disk space left for out-of-order writes; try again later"
+            raise ServerBusy(text) from None
         self._spilled[offset] = (self._spill_end, len(data))
         self._spill_end += len(data)
 

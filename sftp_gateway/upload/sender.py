@@ -19,6 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from sftp_gateway import metrics
+
 
 class OrderedLane:
     """One upload's jobs, run one at a time in submission order on a shared pool."""
@@ -70,7 +72,7 @@ class PartSender:
         )
 
     def send(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self._send_pool.submit(fn, *args)
+        return metrics.part_submitted(self._send_pool.submit(fn, *args))  # queue depth
 
     def lane(self) -> OrderedLane:
         """A new in-order queue on the hashing pool, for one upload."""
