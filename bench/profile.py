@@ -25,9 +25,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script (`python bench/profile.py`), Python puts bench/ on sys.path, not the repo
+# root: add the root so `bench.*` and `tests.*` import as packages. (`python -m
+# bench.profile` from the repo root needs nothing.)
+if not __package__:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import run as bench
+from bench.clients import run_sftp
+from bench.common import BENCH_USER, CLK_TCK, parse_size
+from bench.files import make_pdf
+from bench.servers import (
+    Children,
+    GatewayLauncher,
+    gateway_source,
+    ssh_keygen,
+    start_s3,
+    terminate_on_signal,
+)
 
 # Who asked for the work: (category, substring of "file:function"), the first Python frame
 # from the leaf that matches wins.
@@ -158,7 +172,7 @@ class ThreadCPU(threading.Thread):
                 fields = (task / "stat").read_text().rpartition(")")[2].split()
             except OSError:
                 continue
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / bench.CLK_TCK
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
         return out
 
     def run(self) -> None:
@@ -205,13 +219,13 @@ def print_summary(summary: dict[str, Any], cpu: float | None = None) -> None:
 def record(args: argparse.Namespace) -> int:
     """Start the services, upload once under py-spy, summarise."""
     work = Path(tempfile.mkdtemp(prefix="sftpgw-profile-"))
-    children = bench.Children()
+    children = Children()
     try:
-        key = bench.ssh_keygen(work / "client_ed25519")
-        children.seaweed = bench.start_seaweed(work / "seaweed", credentials=bench.CREDENTIALS)
+        key = ssh_keygen(work / "client_ed25519")
+        start_s3(work, children)
         bucket = children.seaweed.create_bucket("sftpgw-profile")
-        source = bench.gateway_source(args, work)
-        launcher = bench.GatewayLauncher(
+        source = gateway_source(args, work)
+        launcher = GatewayLauncher(
             work,
             children.seaweed.endpoint,
             bucket,
@@ -223,7 +237,7 @@ def record(args: argparse.Namespace) -> int:
         launcher.prepare()
         gw = launcher.restart()
         commands, what = upload_commands(args, work)
-        bench.run_sftp(gw.port, bench.BENCH_USER, key, "ls\n", args.ssh_opt)
+        run_sftp(gw.port, BENCH_USER, key, "ls\n", args.ssh_opt)
         out = args.output.with_suffix(".json")
         spy = [
             "py-spy", "record", "-p", str(gw.pid), "-o", str(out),
@@ -238,7 +252,7 @@ def record(args: argparse.Namespace) -> int:
         threads = ThreadCPU(gw.pid)
         threads.start()
         cpu0 = gw.cpu()
-        wall, _ = bench.run_sftp(gw.port, bench.BENCH_USER, key, commands, args.ssh_opt)
+        wall, _ = run_sftp(gw.port, BENCH_USER, key, commands, args.ssh_opt)
         cpu = gw.cpu() - cpu0
         deltas = threads.stop()
         profiler.send_signal(signal.SIGINT)
@@ -260,12 +274,12 @@ def record(args: argparse.Namespace) -> int:
 def upload_commands(args: argparse.Namespace, work: Path) -> tuple[str, str]:
     """One big file, or --small N files of --small-size in one session."""
     if not args.small:
-        src = bench.make_pdf(work / "src.pdf", bench.parse_size(args.size))
+        src = make_pdf(work / "src.pdf", parse_size(args.size))
         return f"put {src} /profiled.pdf\n", args.size
-    size = bench.parse_size(args.small_size)
+    size = parse_size(args.small_size)
     lines = ["mkdir /small"]
     for i in range(args.small):
-        src = bench.make_pdf(work / f"s{i:04d}.pdf", size)
+        src = make_pdf(work / f"s{i:04d}.pdf", size)
         lines.append(f"put {src} /small/{src.name}")
     return "\n".join(lines) + "\n", f"{args.small} x {args.small_size}"
 
@@ -291,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["summarise"]:
         print_summary(summarise(Path(argv[1])))
         return 0
-    with bench.terminate_on_signal():
+    with terminate_on_signal():
         return record(parse_args(argv))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -62,6 +63,15 @@ def test_email_names_who_what_size_sha_when_and_where_in_text_and_html() -> None
         assert "cd" * 32 in part
         assert "2026-01-02T03:04:06.000Z" in part
         assert "127.0.0.1" in part and "SSH-2.0-OpenSSH_9.2p1" in part
+
+
+def test_email_tells_a_browser_upload_from_an_sftp_one() -> None:
+    sftp = json.loads(event_body(key_fingerprint="SHA256:abc"))
+    browser = json.loads(event_body(link_id="3f2a", key_fingerprint=None))
+    sftp_text = text_of(render_email(sftp, from_address="g@x.org", recipients=["a@x.org"]))
+    web_text = text_of(render_email(browser, from_address="g@x.org", recipients=["a@x.org"]))
+    assert re.search(r"Sent with: +SFTP/SCP, key SHA256:abc", sftp_text)
+    assert re.search(r"Sent with: +a browser, via upload link 3f2a", web_text)
 
 
 def test_failed_upload_email_says_why_and_escapes_html() -> None:

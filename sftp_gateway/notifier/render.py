@@ -80,12 +80,21 @@ def _facts(event: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("SHA-256", str(event.get("sha256") or "-")),
         ("When", str(event.get("completed_at") or event.get("started_at") or "-")),
         ("From", where),
+        ("Sent with", _channel(event)),
         ("Stored at", location),
         ("Upload id", str(event.get("upload_id") or "-")),
     ]
     if event["type"] == UPLOAD_FAILED:
         facts.insert(0, ("Why it failed", str(event.get("error") or "unknown reason")))
     return facts
+
+
+def _channel(event: Mapping[str, Any]) -> str:
+    """How the file came in: a browser upload link, or SFTP/SCP with a key."""
+    if event.get("link_id"):
+        return f"a browser, via upload link {event['link_id']}"
+    fingerprint = event.get("key_fingerprint")
+    return f"SFTP/SCP, key {fingerprint}" if fingerprint else "SFTP/SCP"
 
 
 def header_safe(value: object, limit: int = MAX_HEADER_VALUE) -> str:
