@@ -196,6 +196,15 @@ class StorageConfig(_Section):
     # stalled S3 fails the request after it; the SDK then retries up to max_attempts).
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     read_timeout: float = Field(default=120.0, gt=0, le=3600)
+    # How the bucket is named in requests: auto lets botocore choose (virtual-hosted on
+    # AWS), except with endpoint_url, where auto means path (what S3-compatible stores
+    # expect); path or virtual forces one.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # AWS endpoints reachable over IPv6 (s3.dualstack.REGION.amazonaws.com).
+    use_dualstack_endpoint: bool = False
+    # S3 Transfer Acceleration (BUCKET.s3-accelerate.amazonaws.com); the bucket must have
+    # it enabled; AWS only (not with endpoint_url or path addressing).
+    use_accelerate_endpoint: bool = False
     # The SHA-256 of a multipart object goes on it as the tag `sha256` (PutObjectTagging:
     # no rewrite). true also copies the object onto itself to put it in its metadata:
     # a copy as long as the upload, billed, a second ObjectCreated, a noncurrent version.
@@ -223,6 +232,15 @@ class StorageConfig(_Section):
     def _kms_needs_key(self) -> StorageConfig:
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError("kms_key_id is set but sse is not aws:kms")
+        return self
+
+    @model_validator(mode="after")
+    def _accelerate_needs_aws(self) -> StorageConfig:
+        """Acceleration is an AWS host name per bucket: botocore would fail every call."""
+        if self.use_accelerate_endpoint and self.endpoint_url:
+            raise ValueError("use_accelerate_endpoint works only on AWS: unset endpoint_url")
+        if self.use_accelerate_endpoint and self.addressing_style == "path":
+            raise ValueError("use_accelerate_endpoint needs addressing_style auto or virtual")
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,34 @@ def crc32_b64(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
+def endpoint_options(config: StorageConfig) -> dict[str, Any]:
+    """botocore's `s3` options that choose the host and path of every request."""
+    style = config.addressing_style
+    if style == "auto" and config.endpoint_url:
+        style = "path"  # S3-compatible stores rarely have a DNS name per bucket
+    return {
+        "addressing_style": style,
+        "use_dualstack_endpoint": config.use_dualstack_endpoint,
+        "use_accelerate_endpoint": config.use_accelerate_endpoint,
+    }
+
+
+def client_config(config: StorageConfig) -> BotoConfig:
+    """The upload client: every S3 call gets these timeouts and retry budget."""
+    return BotoConfig(
+        max_pool_connections=max(32, config.max_concurrency * 16),
+        retries={"max_attempts": config.max_attempts, "mode": "standard"},
+        # We send our own CRC32 per part; no second pass for a default checksum.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # Each part carries our CRC32, which S3 verifies; hashing every body
+        # again with SHA-256 for the signature would be a second full pass.
+        s3={"payload_signing_enabled": not config.part_checksums, **endpoint_options(config)},
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+
+
 @contextmanager
 def translated(action: str) -> Iterator[None]:
     """The one place S3 errors become gateway errors; details go to the log."""
@@ -60,21 +88,7 @@ class S3Storage:
             "s3",
             region_name=config.region,
             endpoint_url=config.endpoint_url,
-            config=BotoConfig(
-                max_pool_connections=max(32, config.max_concurrency * 16),
-                retries={"max_attempts": config.max_attempts, "mode": "standard"},
-                # We send our own CRC32 per part; no second pass for a default checksum.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                # Each part carries our CRC32, which S3 verifies; hashing every body
-                # again with SHA-256 for the signature would be a second full pass.
-                s3={
-                    "payload_signing_enabled": not config.part_checksums,
-                    **({"addressing_style": "path"} if config.endpoint_url else {}),
-                },
-                connect_timeout=config.connect_timeout,
-                read_timeout=config.read_timeout,
-            ),
+            config=client_config(config),
         )
         metrics.instrument_s3(self.client)  # latency and errors per operation
         self._probe_client: Any | None = None
@@ -99,8 +113,9 @@ class S3Storage:
                 config=BotoConfig(
                     connect_timeout=timeout,
                     read_timeout=timeout,
-                    retries={"max_attempts": 1, "mode": "standard"},
-                    s3={"addressing_style": "path"} if self._config.endpoint_url else {},
+                    # total_max_attempts counts the first try; max_attempts 1 made two.
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    s3=endpoint_options(self._config),
                 ),
             )
         self._probe_client.head_bucket(Bucket=self.bucket)
