@@ -15,7 +15,6 @@ S3's lifecycle rule AbortIncompleteMultipartUpload is the safety net behind both
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,6 +31,7 @@ from sftp_gateway.errors import GatewayError, NotFound
 from sftp_gateway.records import UploadStatus
 from sftp_gateway.storage.base import Part, Storage
 from sftp_gateway.upload.stream import attach_sha256
+from sftp_gateway.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 ORPHAN_GRACE = timedelta(hours=1)
@@ -232,30 +232,18 @@ def _abort(storage: Storage, catalog: Catalog, record: UploadRecord, reason: str
     catalog.finish_upload(record.id, status=ABORTED, error=reason, emit=True, **NO_LEASE)
 
 
-class PeriodicGc:
+class PeriodicGc(PeriodicWorker):
     """Runs collect_garbage in `serve` every uploads.gc_interval seconds."""
 
     name = "gc"
 
     def __init__(self, settings: Settings, catalog: Catalog, storage: Storage) -> None:
+        super().__init__(settings.uploads.gc_interval)
         self._settings = settings
         self._catalog = catalog
         self._storage = storage
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gc", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._settings.uploads.gc_interval):
-            try:
-                report = collect_garbage(self._settings, self._catalog, self._storage)
-                if report.expired or report.orphans or report.completed:
-                    log.info("gc: %s", report.summary())
-            except Exception:
-                log.exception("gc failed; will retry")
+    def run_once(self) -> None:
+        report = collect_garbage(self._settings, self._catalog, self._storage)
+        if report.expired or report.orphans or report.completed:
+            log.info("gc: %s", report.summary())

@@ -31,6 +31,7 @@ import paramiko
 from sftp_gateway import logs, sshcompat
 from sftp_gateway.config import ServerConfig
 from sftp_gateway.sessions import SessionRegistry
+from sftp_gateway.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 MAX_TICK = 1.0
@@ -84,7 +85,7 @@ class ConnectionActivity:
         return moved
 
 
-class IdleWatcher:
+class IdleWatcher(PeriodicWorker):
     """One thread for the process: keepalives on, idle connections closed."""
 
     name = "idle"
@@ -93,30 +94,15 @@ class IdleWatcher:
         self.sessions = sessions
         self.idle_timeout = config.idle_timeout
         self.keepalive_interval = config.keepalive_interval
-        self.tick = min(MAX_TICK, self.idle_timeout / 4) if self.idle_timeout else MAX_TICK
+        super().__init__(min(MAX_TICK, self.idle_timeout / 4) if self.idle_timeout else MAX_TICK)
         self._seen: weakref.WeakSet[paramiko.Transport] = weakref.WeakSet()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not self.idle_timeout and not self.keepalive_interval:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="idle", daemon=True)
-        self._thread.start()
+        if self.idle_timeout or self.keepalive_interval:
+            super().start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick):
-            try:
-                self.check_once()
-            except Exception:
-                log.exception("idle check failed; will retry")
+    def run_once(self) -> int:
+        return self.check_once()
 
     def check_once(self) -> int:
         """Start keepalives on new sessions, close the idle ones; returns how many."""

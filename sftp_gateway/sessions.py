@@ -17,6 +17,7 @@ import paramiko
 
 from sftp_gateway import logs
 from sftp_gateway.auth import Authenticator, Principal
+from sftp_gateway.workers import PeriodicWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +55,21 @@ class SessionRegistry:
             return list(self._sessions.values())
 
 
-class RevocationWatcher:
-    """One thread: every `interval` seconds, close sessions whose access was revoked."""
+class RevocationWatcher(PeriodicWorker):
+    """One thread: every `interval` seconds, close sessions whose access was revoked
+    (a catalog outage keeps the sessions and tries again next time)."""
 
     name = "revocation"
 
     def __init__(
         self, registry: SessionRegistry, authenticator: Authenticator, interval: float
     ) -> None:
+        super().__init__(interval)
         self.registry = registry
         self.authenticator = authenticator
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="revocation", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check_once()
-            except Exception:  # the catalog is down: keep sessions, try again next time
-                log.exception("revocation check failed; will retry")
+    def run_once(self) -> int:
+        return self.check_once()
 
     def check_once(self) -> int:
         """Close every live session that is no longer allowed; returns how many."""
