@@ -44,6 +44,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def ssh_login(
+    port: int, user: str, key_path: Path | str, *, timeout: float = 20
+) -> paramiko.SSHClient:
+    """paramiko's SSH client logged in with one key only (no agent, no ~/.ssh keys)."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=port,
+        username=user,
+        key_filename=str(key_path),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=timeout,
+    )
+    return client
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -165,17 +183,7 @@ class RunningGateway:
 
     def ssh_client(self) -> paramiko.SSHClient:
         """paramiko's SSH client, logged in as this gateway's user."""
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect(
-            "127.0.0.1",
-            port=self.port,
-            username=self.user,
-            key_filename=str(self.key_path),
-            look_for_keys=False,
-            allow_agent=False,
-        )
-        return client
+        return ssh_login(self.port, self.user, self.key_path)
 
     def object_sha256(self, key: str) -> str:
         body = self.storage.client.get_object(Bucket=self.bucket, Key=key)["Body"]

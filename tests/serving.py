@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import paramiko
 import yaml
 
 from tests.helpers import (
@@ -28,6 +29,7 @@ from tests.helpers import (
     free_port,
     make_pdf,
     make_user_key,
+    ssh_login,
     wait_port,
 )
 
@@ -93,6 +95,10 @@ class ServeProcess:
             f"{user or self.user}@127.0.0.1",
         ]
         return subprocess.run(args, input=commands, text=True, capture_output=True, timeout=timeout)
+
+    def ssh_client(self, key: Path | None = None) -> paramiko.SSHClient:
+        """paramiko's SSH client logged in as alice (with her key unless another)."""
+        return ssh_login(self.port, self.user, key or self.key_path)
 
     def s3(self) -> Any:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")

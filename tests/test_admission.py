@@ -152,16 +152,7 @@ def test_max_startups_refuses_new_logins_but_not_authenticated_sessions(
     serve_factory, tmp_path
 ) -> None:
     served = serve_factory({"server": {"auth_timeout": 30, "max_startups": "3"}})
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=served.port,
-        username=served.user,
-        key_filename=str(served.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = served.ssh_client()
     try:
         time.sleep(0.6)  # the watchdog moves the session to the authenticated count
         sources = ["127.0.0.3", "127.0.0.4", "127.0.0.5"]

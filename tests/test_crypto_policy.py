@@ -141,17 +141,7 @@ def test_openssh_and_paramiko_log_in_under_fips_with_an_ecdsa_key_not_ed25519(
     refused = served.sftp("ls /\n")  # alice's ed25519 key: not a FIPS algorithm
     assert refused.returncode != 0
 
-    with paramiko.SSHClient() as client:
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect(
-            "127.0.0.1",
-            port=served.port,
-            username="alice",
-            key_filename=str(ecdsa),
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=20,
-        )
+    with served.ssh_client(ecdsa) as client:
         transport = client.get_transport()
         assert transport is not None
         assert transport.get_remote_server_key().get_name() == "ssh-rsa"  # rsa-sha2 signed

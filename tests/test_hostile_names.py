@@ -47,17 +47,7 @@ def test_ordinary_unicode_names_are_still_accepted() -> None:
 
 
 def paramiko_sftp(served: ServeProcess) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=served.port,
-        username="alice",
-        key_filename=str(served.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=20,
-    )
+    client = served.ssh_client()
     return client
 
 

@@ -103,17 +103,7 @@ OVERHEAD_MIB = 60
 
 
 def _ssh(served: ServeProcess) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=served.port,
-        username="alice",
-        key_filename=str(served.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=20,
-    )
+    client = served.ssh_client()
     return client
 
 

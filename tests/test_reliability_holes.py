@@ -36,16 +36,7 @@ def pdf_bytes(size: int) -> bytes:
 @contextmanager
 def sftp_session(served: ServeProcess) -> Iterator[paramiko.SFTPClient]:
     """alice's paramiko SFTP session; leaving the block drops the connection."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=served.port,
-        username=served.user,
-        key_filename=str(served.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = served.ssh_client()
     try:
         yield client.open_sftp()
     finally:

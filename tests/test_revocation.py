@@ -19,17 +19,7 @@ FAST_RECHECK = {"server": {"revocation_check_interval": 1}}
 @contextmanager
 def sftp_session(served: ServeProcess, key: Path) -> Iterator[paramiko.SFTPClient]:
     """A paramiko SFTP session held open by alice with this key."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=served.port,
-        username="alice",
-        key_filename=str(key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=20,
-    )
+    client = served.ssh_client(key)
     try:
         sftp = client.open_sftp()
         sftp.listdir("/")

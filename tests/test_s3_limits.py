@@ -24,7 +24,7 @@ from sftp_gateway.s3limits import (
     part_size_for,
 )
 from sftp_gateway.transfer import check_declared_size
-from tests.helpers import RunningGateway
+from tests.helpers import RunningGateway, ssh_login
 from tests.serving import ServeProcess
 
 GIB = 1024 * MIB
@@ -76,17 +76,7 @@ def test_announced_size_is_checked_against_the_limit_and_s3() -> None:
 
 def _scp_sink(port: int, key_path: str) -> tuple[paramiko.SSHClient, paramiko.Channel]:
     """`scp -t /` as alice over a paramiko exec channel, to speak the protocol by hand."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=port,
-        username="alice",
-        key_filename=key_path,
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=20,
-    )
+    client = ssh_login(port, "alice", key_path)
     transport = client.get_transport()
     assert transport is not None
     channel = transport.open_session()

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from tests.admin_support import AdminServe, http_get, serve_with_admin
@@ -33,16 +32,7 @@ PAUSE = 0.12  # about 4 MiB/s: a 30 MB upload stays on the page for several seco
 def slow_upload(admin: AdminServe, source: Path, remote: str, done: threading.Event) -> None:
     """paramiko writes `source` in 512 KiB chunks with pauses, then closes the file."""
     served = admin.served
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=served.port,
-        username=served.user,
-        key_filename=str(served.key_path),
-        look_for_keys=False,
-        allow_agent=False,
-    )
+    client = served.ssh_client()
     try:
         sftp = client.open_sftp()
         with source.open("rb") as local, sftp.open(remote, "wb") as handle:
