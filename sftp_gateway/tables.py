@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+from sftp_gateway.units import human_size
+
 _RELATIVE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|hr|d|day|days|w|wk|weeks?)\s*$", re.I)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 SINCE_HELP = "ISO 8601 date or time (UTC unless stated), or 30m, 2h, 3d, 1w, today, yesterday."
@@ -53,16 +54,6 @@ def render_tsv(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(
         "\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row) for row in rows
     )
-
-
-def human_size(size: int) -> str:
-    """1536 -> '1.5 KiB'; bytes stay exact below 1 KiB."""
-    value = float(size)
-    for unit in _UNITS:
-        if abs(value) < 1024 or unit == _UNITS[-1]:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_rate(bytes_per_second: float) -> str:
