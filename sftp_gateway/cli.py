@@ -31,6 +31,7 @@ from sftp_gateway.catalog.repository import (
 )
 from sftp_gateway.config import Settings, load_settings, resolve_config_path
 from sftp_gateway.errors import ConfigError, GatewayError
+from sftp_gateway.units import human_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 CATALOG_URL_META = "sftp_gateway.catalog_url"  # click context meta: for error lines
@@ -506,7 +507,7 @@ def _upload_columns(with_rate: bool) -> list[tables.Column]:
 
 def _upload_row(u: UploadRecord, with_rate: bool, now: datetime) -> list[str]:
     """A row for people: local time, 1.5 MiB, the average rate so far of a running upload."""
-    row = [tables.local_time(u.started_at), u.user_name, u.status, tables.human_size(u.size)]
+    row = [tables.local_time(u.started_at), u.user_name, u.status, human_size(u.size)]
     if with_rate:
         row.append(tables.human_rate(tables.upload_rate(u.size, u.started_at, now)))
     return [*row, u.client_ip or "-", f"s3://{u.bucket}/{u.object_key}", u.id]
