@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -34,7 +35,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def demo_config(data_dir: Path, port: int, endpoint: str, queue_url: str) -> dict:
+def demo_config(data_dir: Path, port: int, endpoint: str, queue_url: str) -> dict[str, Any]:
     """The demo's config, also written to DATA_DIR/gateway.yaml for the other commands."""
     return {
         "server": {"listen": f"127.0.0.1:{port}", "host_keys_dir": str(data_dir / "keys")},

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sftp_gateway.catalog.repository import (
     ABORTED,
@@ -38,7 +39,7 @@ ORPHAN_GRACE = timedelta(hours=1)
 # A `completing` row younger than this may be a CLOSE still under way on a live
 # instance; gc leaves it alone (recovery at start does not wait for its own rows).
 COMPLETING_GRACE = timedelta(minutes=15)
-NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
+NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 
 @dataclass
@@ -216,7 +217,7 @@ def collect_garbage(
 
 def _last_progress(record: UploadRecord) -> datetime:
     """When the upload last recorded a checkpoint (or started, if it never did)."""
-    saved = (record.resume_state or {}).get("saved_at")
+    saved = cast("dict[str, Any]", record.resume_state or {}).get("saved_at")
     if saved:
         return datetime.fromisoformat(saved.replace("Z", "+00:00"))
     return record.started_at

@@ -144,7 +144,7 @@ def use_multiprocess(directory: str) -> None:
     it). Called by the supervisor before any thread records a metric: what this
     process counted before is dropped (nothing, at that point)."""
     os.environ[MULTIPROC_ENV] = directory
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
     _define_metrics()
 
 
@@ -153,7 +153,7 @@ def process_ended(pid: int) -> None:
     its counters still do."""
     directory = multiprocess_dir()
     if directory is not None:
-        multiprocess.mark_process_dead(pid, directory)
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 # -- one call per event ---------------------------------------------------------------
@@ -328,5 +328,5 @@ def exposition(*extra: Any) -> bytes:
     source = REGISTRY
     if directory is not None:
         source = CollectorRegistry()
-        multiprocess.MultiProcessCollector(source, path=directory)
+        multiprocess.MultiProcessCollector(source, path=directory)  # type: ignore[no-untyped-call]
     return generate_latest(_Together(source, *extra))  # type: ignore[arg-type]

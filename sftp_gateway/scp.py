@@ -20,6 +20,7 @@ import posixpath
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -115,7 +116,7 @@ def handle_exec(server: ServerLike, channel: paramiko.Channel, command: bytes) -
     """GatewayServer's exec hook: serve SCP in its own thread, refuse anything else."""
     request = parse_command(command)
     if request is None:
-        target = _refuse
+        target: Callable[..., None] = _refuse
         args: tuple[object, ...] = (channel, command)
     else:
         target = _serve

@@ -36,7 +36,7 @@ def safe_client_version(transport: paramiko.Transport) -> str | None:
     return printable[:MAX_CLIENT_VERSION]
 
 
-class GatewayServer(paramiko.ServerInterface):
+class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
     """One connection's SSH policy; after auth it knows the Principal."""
 
     def __init__(
@@ -92,13 +92,13 @@ class GatewayServer(paramiko.ServerInterface):
         except Exception:
             log.exception("authentication lookup failed for %s", username)
             metrics.auth_result("publickey", "error")
-            return paramiko.AUTH_FAILED
+            return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
         if principal is None:
             return self._auth_failed(username, key)
         # paramiko asks before the signature is checked (and for unsigned key queries):
         # this is only a candidate; the login is counted in on_authenticated().
         self.principal = principal
-        return paramiko.AUTH_SUCCESSFUL
+        return paramiko.AUTH_SUCCESSFUL  # type: ignore[no-any-return]
 
     def on_authenticated(self) -> None:
         """The transport is authenticated: log it, count it, and register the session so
@@ -136,7 +136,7 @@ class GatewayServer(paramiko.ServerInterface):
             )
             metrics.refused("max_auth_tries")
             self._transport.close()
-        return paramiko.AUTH_FAILED
+        return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
 
     def _log_auth_ok(self, principal: Principal) -> None:
         self.log.bind(user=principal.name)
@@ -169,17 +169,17 @@ class GatewayServer(paramiko.ServerInterface):
         )
 
     def check_auth_none(self, username: str) -> int:
-        return paramiko.AUTH_FAILED
+        return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
 
     def check_auth_password(self, username: str, password: str) -> int:
         metrics.auth_result("password", "not_allowed")
-        return paramiko.AUTH_FAILED
+        return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         """Session channels only, at most `server.max_sessions` open at once (sshd
         MaxSessions): each one can hold an SFTP thread and its buffers."""
         if kind != "session" or self.principal is None:
-            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED  # type: ignore[no-any-return]
         limit = self.filesystem().settings.server.max_sessions
         if open_channels(self._transport) >= limit:
             who, text = self.principal.name, f"too many sessions on one connection (limit {limit})"
@@ -190,8 +190,8 @@ class GatewayServer(paramiko.ServerInterface):
                 text,
                 extra=logs.fields("refused", reason="max_sessions"),
             )
-            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        return paramiko.OPEN_SUCCEEDED
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED  # type: ignore[no-any-return]
+        return paramiko.OPEN_SUCCEEDED  # type: ignore[no-any-return]
 
     def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
         if name != "sftp" or self.principal is None:
@@ -223,7 +223,7 @@ class GatewayServer(paramiko.ServerInterface):
         return False
 
     def check_channel_direct_tcpip_request(self, chanid: int, origin, destination) -> int:  # type: ignore[no-untyped-def]
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED  # type: ignore[no-any-return]
 
 
 def open_channels(transport: paramiko.Transport) -> int:

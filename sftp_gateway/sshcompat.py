@@ -95,7 +95,7 @@ def _peer_host(sock: Any) -> str:
         return "unknown"
 
 
-class BoundedPacketizer(Packetizer):
+class BoundedPacketizer(Packetizer):  # type: ignore[misc]
     """paramiko's Packetizer with a size limit on every line and packet it reads.
 
     Relies on `Packetizer._read_timeout`, `Packetizer.__remainder` and on `read_message`
@@ -158,7 +158,7 @@ class BoundedPacketizer(Packetizer):
     def readline(self, timeout: float) -> str:
         """One identification line; at most `limits.identification` bytes, all lines
         together too, and all of them before `identification_deadline`."""
-        buffer = bytearray(self._Packetizer__remainder)  # type: ignore[attr-defined]
+        buffer = bytearray(self._Packetizer__remainder)  # type: ignore[attr-defined, has-type]
         while (end := buffer.find(b"\n")) < 0:
             if self._identification_bytes + len(buffer) > self.limits.identification:
                 raise self.refuse(self._too_long_reason())
@@ -168,7 +168,7 @@ class BoundedPacketizer(Packetizer):
             raise self.refuse(self._too_long_reason())
         self._Packetizer__remainder = bytes(buffer[end + 1 :])  # type: ignore[attr-defined]
         line = bytes(buffer[:end]).removesuffix(b"\r")
-        return paramiko.util.u(line)
+        return paramiko.util.u(line)  # type: ignore[no-any-return]
 
     def _too_long_reason(self) -> str:
         limit = self.limits.identification // KIB
@@ -183,7 +183,7 @@ class BoundedPacketizer(Packetizer):
         return min(timeout, left)
 
 
-class HardenedTransport(paramiko.Transport):
+class HardenedTransport(paramiko.Transport):  # type: ignore[misc]
     """A server Transport whose packetizer is bounded and whose identification exchange
     ends with one WARNING line when a peer misbehaves (paramiko logs a traceback)."""
 

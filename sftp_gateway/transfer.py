@@ -30,8 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 from urllib.parse import quote
 
 from sftp_gateway import logs
@@ -112,7 +112,7 @@ def check_declared_size(size: int, max_file_size: int) -> None:
 
 def checkpoint_of(record: UploadRecord) -> Checkpoint:
     """The resume point stored in the catalog for an interrupted upload."""
-    state = record.resume_state or {}
+    state = cast("dict[str, Any]", record.resume_state or {})
     parts = tuple(Part(**part) for part in record.parts or [])
     return Checkpoint.from_state(record.s3_upload_id or "", parts, state)
 
@@ -201,7 +201,7 @@ class ResumeLease:
         if not kept:
             raise FileBusy()
 
-    def _expiry(self):  # type: ignore[no-untyped-def]
+    def _expiry(self) -> datetime:
         return utcnow() + timedelta(seconds=self._seconds)
 
 
@@ -688,7 +688,7 @@ class Upload:
 
         what = f"record upload {self.id} of {self.key} as completed"
         try:
-            return retry_catalog(write, self._limits.catalog_retry, what)
+            return cast(UploadRecord, retry_catalog(write, self._limits.catalog_retry, what))
         except CatalogUnavailable:
             write_later(write, what, self._limits.resume_ttl)
             return replace(self._start_record, **final)

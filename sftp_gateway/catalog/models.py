@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -79,8 +80,8 @@ class UploadRow(Base):
     mtime: Mapped[int | None] = mapped_column(BigInteger)
     owner: Mapped[str | None] = mapped_column(String(128))  # instance that runs it
     # Resume state: committed parts [{"n","etag","size","checksum"}] and hash state.
-    parts: Mapped[list | None] = mapped_column(JSON)
-    resume_state: Mapped[dict | None] = mapped_column(JSON)
+    parts: Mapped[list[Any] | None] = mapped_column(JSON)
+    resume_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A resume in progress holds a lease, so two instances never continue one upload.
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -118,7 +119,7 @@ class OutboxRow(Base):
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     upload_id: Mapped[str] = mapped_column(String(36), index=True)
     event_type: Mapped[str] = mapped_column(String(32))
-    payload: Mapped[dict] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -280,7 +280,7 @@ class Catalog:
                 )
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return cast("CursorResult[Any]", result).rowcount == 1
 
     def renew_lease(self, upload_id: str, lease_owner: str, expires_at: datetime) -> bool:
         """Extend a lease this session holds; False when it was lost (expired and taken)."""
@@ -291,7 +291,7 @@ class Catalog:
                 .values(lease_expires_at=expires_at)
                 .execution_options(synchronize_session=False)
             )
-            return result.rowcount == 1
+            return cast("CursorResult[Any]", result).rowcount == 1
 
     def finish_upload(
         self,
@@ -506,10 +506,13 @@ class Catalog:
     def pending_event_count(self) -> int:
         """Events the dispatcher will still send (parked ones wait for an operator)."""
         with self._tx() as session:
-            return session.scalar(
-                select(func.count())
-                .select_from(OutboxRow)
-                .where(OutboxRow.sent_at.is_(None), OutboxRow.parked_at.is_(None))
+            return cast(
+                int,
+                session.scalar(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .where(OutboxRow.sent_at.is_(None), OutboxRow.parked_at.is_(None))
+                ),
             )
 
     def outbox_backlog(self) -> tuple[int, datetime | None]:
@@ -530,8 +533,13 @@ class Catalog:
 
     def parked_event_count(self) -> int:
         with self._tx() as session:
-            return session.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.parked_at.isnot(None))
+            return cast(
+                int,
+                session.scalar(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .where(OutboxRow.parked_at.isnot(None))
+                ),
             )
 
     def unsent_events(self, *, failed_only: bool = False, limit: int = 1000) -> list[EventRecord]:

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from typing import Any
 
 from sftp_gateway import metrics
 from sftp_gateway.catalog.repository import Catalog
@@ -153,7 +154,7 @@ class EventProcessor:
         )
         return Outcome.MALFORMED
 
-    def _send(self, event: dict) -> Outcome:
+    def _send(self, event: dict[str, Any]) -> Outcome:
         event_id = event["event_id"]
         user = str(event["user"])
         if event["type"] == UPLOAD_FAILED and self.failure_limiter.exceeded(user):

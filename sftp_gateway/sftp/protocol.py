@@ -99,11 +99,11 @@ class Refused(Exception):
         self.code = code
 
 
-class OversizePacket(SFTPError):
+class OversizePacket(SFTPError):  # type: ignore[misc]
     """A packet longer than MAX_PACKET: its body is never read, the channel closes."""
 
 
-class BoundedMessage(Message):
+class BoundedMessage(Message):  # type: ignore[misc]
     """A request that may be read past its end only a few times. paramiko pads a short
     request with zeros, so a crafted attribute count (OPEN, MKDIR, SETSTAT) would make
     it loop up to 2**32 times on an empty buffer; this stops it after a few reads."""
@@ -123,7 +123,7 @@ class BoundedMessage(Message):
         return bytes(super().get_bytes(n))
 
 
-class GatewaySFTPServer(paramiko.SFTPServer):
+class GatewaySFTPServer(paramiko.SFTPServer):  # type: ignore[misc]
     server: GatewaySFTPInterface
 
     def start_subsystem(self, name: str, transport: paramiko.Transport, channel) -> None:  # type: ignore[no-untyped-def]

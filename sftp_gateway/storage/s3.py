@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlencode
 
 import boto3
@@ -136,7 +136,7 @@ class S3Storage:
 
     def has_prefix(self, prefix: str) -> bool:
         resp = self._call("list", self.client.list_objects_v2, Prefix=prefix, MaxKeys=1)
-        return resp.get("KeyCount", 0) > 0
+        return cast(bool, resp.get("KeyCount", 0) > 0)
 
     def probe(self, key: str) -> Probe:
         """File, directory or nothing, in one ListObjectsV2 instead of HEAD + LIST.

@@ -45,6 +45,7 @@ class ResumableSha256:
         view = memoryview(data)
         if not view.nbytes:
             return
+        pointer: ctypes.c_void_p | int
         if view.readonly:  # bytes: ctypes takes its buffer without a copy
             pointer = ctypes.cast(ctypes.c_char_p(view.obj), ctypes.c_void_p)  # type: ignore[arg-type]
             if view.obj is not data or view.nbytes != len(view.obj):  # type: ignore[arg-type]
