@@ -405,12 +405,10 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-class AdminConfig(_Section):
-    # The HTTP listener (sftp_gateway/web): /metrics, /healthz, /readyz, /uploads.
-    # None: off. "127.0.0.1:8080"-style host:port.
+class _OptionalListener(_Section):
+    """A section with an HTTP listener that is off (None) unless given as host:port."""
+
     listen: str | None = None
-    # The env var holding a bearer token; required when listen is not a loopback address.
-    token_env: str | None = Field(default=None, validate_default=True)
 
     @field_validator("listen")
     @classmethod
@@ -419,14 +417,6 @@ class AdminConfig(_Section):
             return None
         return ServerConfig._check_listen(value)
 
-    @field_validator("token_env")
-    @classmethod
-    def _token_off_loopback(cls, value: str | None, info: Any) -> str | None:
-        listen = info.data.get("listen")
-        if listen and not value and not is_loopback_host(listen.rpartition(":")[0]):
-            raise ValueError(f"required when admin.listen ({listen}) is not a loopback address")
-        return value or None
-
     @property
     def host(self) -> str:
         return (self.listen or "").rpartition(":")[0].strip("[]")
@@ -434,6 +424,21 @@ class AdminConfig(_Section):
     @property
     def port(self) -> int:
         return int((self.listen or ":0").rpartition(":")[2])
+
+
+class AdminConfig(_OptionalListener):
+    # The HTTP listener (sftp_gateway/web): /metrics, /healthz, /readyz, /uploads.
+    # listen: None is off; "127.0.0.1:8080"-style host:port.
+    # The env var holding a bearer token; required when listen is not a loopback address.
+    token_env: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_off_loopback(cls, value: str | None, info: Any) -> str | None:
+        listen = info.data.get("listen")
+        if listen and not value and not is_loopback_host(listen.rpartition(":")[0]):
+            raise ValueError(f"required when admin.listen ({listen}) is not a loopback address")
+        return value or None
 
     def token(self) -> str | None:
         """The bearer token, read from the env var the config names."""
@@ -445,24 +450,16 @@ class AdminConfig(_Section):
         return value
 
 
-class WebConfig(_Section):
-    # Browser upload links (sftp_gateway/web/upload_*.py). None: the pages share the
-    # admin listener under /u/ (without the admin token: a link's token is the
+class WebConfig(_OptionalListener):
+    # Browser upload links (sftp_gateway/web/upload_*.py). listen None: the pages share
+    # the admin listener under /u/ (without the admin token: a link's token is the
     # credential); "0.0.0.0:8443"-style host:port: their own listener, upload pages only.
-    listen: str | None = None
     # The base of the URLs `links create` prints, e.g. "https://upload.example.com".
     # None: http:// + web.listen (else admin.listen).
     public_url: str | None = None
     # Bytes per PATCH the page sends; rounded up to a multiple of storage.part_size so
     # every request ends on a part S3 holds (what a resume continues from).
     chunk_size: Size = 16 * MIB
-
-    @field_validator("listen")
-    @classmethod
-    def _check_listen(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return ServerConfig._check_listen(value)
 
     @field_validator("public_url")
     @classmethod
@@ -479,14 +476,6 @@ class WebConfig(_Section):
         if value < MIN_PART_SIZE or value > MAX_PART_SIZE:
             raise ValueError("must be between 5MiB and 5GiB")
         return value
-
-    @property
-    def host(self) -> str:
-        return (self.listen or "").rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int((self.listen or ":0").rpartition(":")[2])
 
 
 class Settings(_Section):
