@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -199,3 +200,19 @@ def read_frames(channel: paramiko.Channel) -> Iterator[tuple[int, bytes]]:
         if not chunk:
             return
         buffer += chunk
+
+
+def fuzz_main(run: Callable[[FuzzGateway, bytes], object]) -> None:
+    """atheris over one target's `run`, with one gateway for the whole run, built on the
+    first input (each input then opens its own channel on it)."""
+    import atheris
+
+    gateways: list[FuzzGateway] = []
+
+    def test_one_input(data: bytes) -> None:
+        if not gateways:
+            gateways.append(FuzzGateway())
+        run(gateways[0], data)
+
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()

@@ -10,8 +10,6 @@ acknowledgement bytes), then EOF; the server must end the session by itself.
 
 from __future__ import annotations
 
-import sys
-
 import atheris
 
 if __name__ == "__main__":  # coverage feedback for the fuzzer; not when a test imports us
@@ -20,7 +18,13 @@ if __name__ == "__main__":  # coverage feedback for the fuzzer; not when a test 
         import sftp_gateway.scp  # noqa: F401
 
 from tests.fuzz.draw import Draw
-from tests.fuzz.harness import REPLY_TIMEOUT, Finding, FuzzGateway, send_in_background
+from tests.fuzz.harness import (
+    REPLY_TIMEOUT,
+    Finding,
+    FuzzGateway,
+    fuzz_main,
+    send_in_background,
+)
 
 MAX_ITEMS = 32
 COMMANDS = [
@@ -136,19 +140,8 @@ def _exchange(channel, items: list[bytes]) -> bytes:  # type: ignore[no-untyped-
     return bytes(received)
 
 
-_gateway: FuzzGateway | None = None
-
-
-def test_one_input(data: bytes) -> None:
-    global _gateway
-    if _gateway is None:
-        _gateway = FuzzGateway()
-    run(_gateway, data)
-
-
 def main() -> None:
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz_main(run)
 
 
 if __name__ == "__main__":

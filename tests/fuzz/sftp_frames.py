@@ -11,7 +11,6 @@ paths, handles, offsets, flags, attributes and bodies are drawn from the input (
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Callable
 
 import atheris
@@ -27,6 +26,7 @@ from tests.fuzz.harness import (
     Finding,
     FuzzGateway,
     frame,
+    fuzz_main,
     read_frames,
     send_in_background,
 )
@@ -241,19 +241,8 @@ def _replies_until_sentinel(channel) -> list[tuple[int, bytes]]:  # type: ignore
     return replies  # the server closed the channel: its right (e.g. an oversized packet)
 
 
-_gateway: FuzzGateway | None = None
-
-
-def test_one_input(data: bytes) -> None:
-    global _gateway
-    if _gateway is None:
-        _gateway = FuzzGateway()
-    run(_gateway, data)
-
-
 def main() -> None:
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz_main(run)
 
 
 if __name__ == "__main__":
