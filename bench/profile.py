@@ -252,7 +252,13 @@ def record(args: argparse.Namespace) -> int:
         threads = ThreadCPU(gw.pid)
         threads.start()
         cpu0 = gw.cpu()
-        wall, _ = run_sftp(gw.port, BENCH_USER, key, commands, args.ssh_opt)
+        if args.sessions:  # connection set-up: N sequential sessions that list the home
+            start = time.perf_counter()
+            for _ in range(args.sessions):
+                run_sftp(gw.port, BENCH_USER, key, "ls\n", args.ssh_opt)
+            wall, what = time.perf_counter() - start, f"{args.sessions} sessions"
+        else:
+            wall, _ = run_sftp(gw.port, BENCH_USER, key, commands, args.ssh_opt)
         cpu = gw.cpu() - cpu0
         deltas = threads.stop()
         profiler.send_signal(signal.SIGINT)
@@ -289,6 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", default="512MiB")
     parser.add_argument("--small", type=int, default=0, help="N small files instead")
     parser.add_argument("--small-size", default="100KB")
+    parser.add_argument("--sessions", type=int, default=0, help="N sessions (ls) instead")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames")
     parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL")

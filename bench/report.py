@@ -92,6 +92,10 @@ def print_table(result: dict[str, Any]) -> None:
         )
     if small := result.get("small_files"):
         parts = [f"{k} {v['files_per_s']:.1f}/s" for k, v in small.items() if isinstance(v, dict)]
+        if "ratio_gateway_direct" in small:
+            parts.append(f"gateway/direct {small['ratio_gateway_direct']:.2f} (target >= 0.6)")
+        if cpu := small.get("gateway", {}).get("cpu_ms_per_file"):
+            parts.append(f"gateway CPU {cpu:.1f} ms/file")
         print(
             f"small files ({small['files']} x {small['size']} B, one session): " + ", ".join(parts)
         )

@@ -189,6 +189,10 @@ class StorageConfig(_Section):
     kms_key_id: str | None = None
     max_attempts: int = Field(default=5, ge=1, le=20)
     copy_part_size: Size = 64 * MIB
+    # A session STATing several names of one directory within this many seconds gets
+    # answers from one listing of it (not a request per name) until it is this old:
+    # other sessions' changes may show that late; its own never do. 0: always ask S3.
+    stat_cache_seconds: float = Field(default=2.0, ge=0, le=300)
     # A CRC32 on every part and PUT, verified by S3 (and instead of SHA-256 signing
     # every body). Off only for stores that mishandle composite checksums (moto).
     part_checksums: bool = True

@@ -25,6 +25,7 @@ from sftp_gateway.errors import (
     PermissionDenied,
     StorageError,
 )
+from sftp_gateway.listings import RecentListings
 from sftp_gateway.paths import Jail, normalize
 from sftp_gateway.records import UploadRecord
 from sftp_gateway.storage.base import Probe, Storage
@@ -94,6 +95,8 @@ class UserFilesystem:
         self.services = services  # the process's memory budget and part sender
         self.uploader = Uploader(settings, storage, catalog, principal, client, services)
         self.jail = Jail.for_home(settings.storage.prefix, principal.home)
+        # STATs in bursts (a client checking each name before its upload): one listing
+        self.recent = RecentListings(storage, settings.storage.stat_cache_seconds)
 
     # -- looking ---------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class UserFilesystem:
         partial = self.catalog.interrupted_upload(self.storage.bucket, key)
         if partial is not None:  # resumable: clients resume from this size
             return FileStat(name, False, partial.size, partial.mtime or _epoch(partial.started_at))
-        probe = self.storage.probe(key)
+        probe = self.recent.probe(key)
         if probe.file is not None:
             record = self.catalog.latest_completed(self.storage.bucket, [key]).get(key)
             mtime = (record.mtime if record else None) or _epoch(probe.file.modified)
@@ -226,6 +229,8 @@ class UserFilesystem:
             raise AlreadyExists(f"{virtual} already exists")
         if exists or (temporary and self.storage.head(final_key) is not None):
             self.require("overwrite")
+        self.recent.touched(visible_key)
+        self.recent.touched(final_key)
         target = Target(
             path=virtual,
             visible_key=visible_key,
@@ -269,6 +274,7 @@ class UserFilesystem:
     def remove(self, path: str) -> None:
         self.require("delete")
         key = self.jail.key(path)
+        self.recent.touched(key)
         writer = self.active.get(key)
         if writer is not None:  # e.g. a .filepart closed but not yet renamed
             writer.discard("removed by the client before it was published")
@@ -290,6 +296,7 @@ class UserFilesystem:
         if virtual == "/":
             raise AlreadyExists("/ already exists")
         key = self.jail.key(virtual)
+        self.recent.touched(key)
         if self.storage.probe(key).exists:
             raise AlreadyExists(f"{virtual} already exists")
         self.storage.make_dir(key + "/")
@@ -300,6 +307,7 @@ class UserFilesystem:
         if virtual == "/":
             raise PermissionDenied("the home directory cannot be removed")
         prefix = self.jail.dir_prefix(virtual)
+        self.recent.touched(prefix.rstrip("/"))
         entries = iter(self.storage.list_dir(prefix))
         if next(entries, None) is not None:
             raise InvalidRequest(f"directory {virtual} is not empty")
@@ -314,6 +322,8 @@ class UserFilesystem:
         old_key, new_key = self.jail.key(old_virtual), self.jail.key(new_virtual)
         if old_key == new_key:
             return
+        self.recent.touched(old_key)
+        self.recent.touched(new_key)
         writer = self.active.get(old_key)
         if writer is not None:
             self._rename_written(writer, new_virtual, new_key, overwrite=overwrite)

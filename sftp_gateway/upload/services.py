@@ -10,6 +10,7 @@ import platform
 from dataclasses import dataclass
 
 from sftp_gateway.config import Settings
+from sftp_gateway.s3limits import schedule_for
 from sftp_gateway.upload.budget import ByteBudget, Lease, Owner
 from sftp_gateway.upload.sender import PartSender
 
@@ -43,6 +44,8 @@ class UploadServices:
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadServices:
         return_part_buffers_to_the_os()
+        # Work out the part-size schedule now (a search, ~50 ms), not in the first upload.
+        schedule_for(settings.storage.part_size, None)
         uploads = settings.uploads
         return cls(
             memory=ByteBudget(

@@ -1,0 +1,95 @@
+"""A session's short-lived view of the directories it STATs in bursts.
+
+Clients that upload many files (OpenSSH `put` with a target name, WinSCP, FileZilla)
+STAT each name before they open it. Asking S3 each time costs a ListObjectsV2 per file:
+about a third of the gateway's CPU for a 100 KB file. When a session STATs several
+names of one directory within `ttl` seconds, one listing of that directory answers
+the following STATs until it is `ttl` old.
+
+What it may get wrong, and why that is bounded: another session's change to a name in
+that directory can be seen up to `ttl` seconds late by this session's STAT. This
+session's own changes never are: every name it writes, removes or renames bypasses the
+view from then on. Directories larger than one listing page are never cached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sftp_gateway.storage.base import ObjectInfo, Probe, Storage
+
+BURST = 3  # misses in one directory within ttl before it is listed once
+MAX_ENTRIES = 1000  # one ListObjectsV2 page; a larger directory is always asked per name
+MAX_TOUCHED = 50_000  # names this session changed; past this, the view turns itself off
+LARGE_DIRECTORY_SECONDS = 60.0  # how long a too-large directory is not listed again
+
+
+@dataclass
+class _View:
+    """One directory's entries as listed until `expires_at`, or its recent misses."""
+
+    expires_at: float = 0.0
+    files: dict[str, ObjectInfo] | None = None  # None: not listed (too large, or not yet)
+    dirs: frozenset[str] = frozenset()
+    misses: list[float] = field(default_factory=list)
+
+
+class RecentListings:
+    """Answers `probe(key)` from a recent listing of the key's directory when the
+    session is STATing that directory in a burst, else from S3."""
+
+    def __init__(
+        self, storage: Storage, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._storage = storage
+        self._ttl = ttl
+        self._clock = clock
+        self._views: dict[str, _View] = {}
+        self._touched: set[str] = set()
+        self._enabled = ttl > 0
+
+    def probe(self, key: str) -> Probe:
+        """File, directory or nothing, as S3 says now or said less than `ttl` ago."""
+        if not self._enabled or key in self._touched:
+            return self._storage.probe(key)
+        parent, _, name = key.rpartition("/")
+        prefix = parent + "/"
+        now = self._clock()
+        view = self._views.get(prefix)
+        if view is None or now >= view.expires_at:
+            view = self._refresh(prefix, view, now)
+        if view.files is None:
+            return self._storage.probe(key)
+        return Probe(view.files.get(name), name in view.dirs)
+
+    def touched(self, key: str) -> None:
+        """This session changed `key` (wrote, removed, renamed): always ask S3 for it."""
+        if not self._enabled:
+            return
+        self._touched.add(key)
+        self._views.pop(key + "/", None)  # it may have been a directory
+        if len(self._touched) > MAX_TOUCHED:
+            self._enabled = False
+            self._views.clear()
+            self._touched.clear()
+
+    def _refresh(self, prefix: str, view: _View | None, now: float) -> _View:
+        """Count a miss; list the directory once misses come in a burst."""
+        misses = [t for t in (view.misses if view else []) if now - t < self._ttl]
+        misses.append(now)
+        fresh = self._list(prefix, now) if len(misses) >= BURST else _View(misses=misses)
+        self._views[prefix] = fresh
+        return fresh
+
+    def _list(self, prefix: str, now: float) -> _View:
+        entries = list(itertools.islice(self._storage.list_dir(prefix), MAX_ENTRIES + 1))
+        if len(entries) > MAX_ENTRIES:
+            return _View(expires_at=now + max(self._ttl, LARGE_DIRECTORY_SECONDS))
+        files = {
+            e.name: ObjectInfo(prefix + e.name, e.size, e.modified) for e in entries if not e.is_dir
+        }
+        dirs = frozenset(e.name for e in entries if e.is_dir)
+        return _View(expires_at=now + self._ttl, files=files, dirs=dirs)

@@ -1,0 +1,105 @@
+"""A session's STATs in a burst are answered from one listing, never wrong about its own
+changes, and at most `ttl` late about other sessions' (sftp_gateway/listings.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sftp_gateway.listings import BURST, MAX_ENTRIES, RecentListings
+from sftp_gateway.storage.memory import MemoryStorage
+
+HOME = "incoming/alice/"
+
+
+def counting_storage() -> MemoryStorage:
+    """MemoryStorage counts every operation in `calls`; lookups are what STAT costs."""
+    return MemoryStorage()
+
+
+def lookups(storage: MemoryStorage) -> Counter[str]:
+    return Counter({k: v for k, v in storage.calls.items() if k in ("probe", "list_dir")})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def put(storage: MemoryStorage, key: str, body: bytes = b"%PDF-1.4 x") -> None:
+    storage.put(key, body, {}, "application/pdf")
+
+
+def test_a_burst_of_stats_in_one_directory_costs_one_listing() -> None:
+    storage, clock = counting_storage(), Clock()
+    for i in range(5):
+        put(storage, f"{HOME}old-{i}.pdf")
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+
+    answers = [recent.probe(f"{HOME}new-{i}.pdf") for i in range(100)]
+    found = recent.probe(f"{HOME}old-3.pdf")
+
+    assert not any(a.exists for a in answers)
+    assert found.file is not None and found.file.size == len(b"%PDF-1.4 x")
+    assert lookups(storage) == Counter(probe=BURST - 1, list_dir=1)
+
+
+def test_names_the_session_changed_are_always_asked_of_s3() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    for i in range(BURST):
+        recent.probe(f"{HOME}a-{i}.pdf")  # the directory is now listed (empty)
+
+    recent.touched(f"{HOME}a-1.pdf")
+    put(storage, f"{HOME}a-1.pdf")  # the session's own upload completes
+
+    assert recent.probe(f"{HOME}a-1.pdf").file is not None
+    assert not recent.probe(f"{HOME}a-2.pdf").exists
+
+
+def test_another_sessions_change_shows_once_the_listing_is_ttl_old() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    for i in range(BURST):
+        recent.probe(f"{HOME}b-{i}.pdf")
+
+    put(storage, f"{HOME}b-0.pdf")  # someone else, elsewhere
+    clock.now += 1.9
+    stale = recent.probe(f"{HOME}b-0.pdf")
+    clock.now += 0.2
+    fresh = recent.probe(f"{HOME}b-0.pdf")
+
+    assert not stale.exists  # the documented bound: up to ttl late
+    assert fresh.file is not None
+
+
+def test_directories_are_seen_as_directories() -> None:
+    storage, clock = counting_storage(), Clock()
+    put(storage, f"{HOME}sub/inner.pdf")
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    probes = [recent.probe(f"{HOME}sub") for _ in range(BURST + 1)]
+    assert all(p.is_dir and p.file is None for p in probes)
+    assert storage.calls["list_dir"] == 1
+
+
+def test_a_directory_larger_than_one_page_is_asked_per_name() -> None:
+    storage, clock = counting_storage(), Clock()
+    for i in range(MAX_ENTRIES + 1):
+        put(storage, f"{HOME}many/f-{i:05d}.pdf", b"%PDF")
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+
+    answers = [recent.probe(f"{HOME}many/f-{i:05d}.pdf") for i in range(20)]
+
+    assert all(a.file is not None for a in answers)
+    assert storage.calls["list_dir"] == 1  # tried once, then not for a long while
+    assert storage.calls["probe"] == 20
+
+
+def test_zero_ttl_always_asks_s3() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=0, clock=clock)
+    for i in range(10):
+        recent.probe(f"{HOME}c-{i}.pdf")
+    assert lookups(storage) == Counter(probe=10)
