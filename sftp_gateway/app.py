@@ -37,7 +37,7 @@ from sftp_gateway.sftp.protocol import GatewaySFTPServer
 from sftp_gateway.signals import capture_signals
 from sftp_gateway.ssh import GatewayServer
 from sftp_gateway.storage.base import Storage
-from sftp_gateway.storage.s3 import S3Storage
+from sftp_gateway.storage.naming import storage_for
 from sftp_gateway.supervisor import bind_listener
 from sftp_gateway.transfer import ActiveUploads
 from sftp_gateway.upload.budget import Owner
@@ -81,7 +81,8 @@ class Gateway:
         --workers N` gets the supervisor's); `host_jobs=False` leaves the periodic gc and
         the admin listener to the supervisor, which runs them once per host."""
         self.settings = settings
-        self.storage = storage or S3Storage(settings.storage)
+        # storage.compression_naming: suffix maps file keys to the suffixed objects here.
+        self.storage = storage_for(settings.storage, storage)
         self.catalog = catalog or build_catalog(settings)
         self.active = ActiveUploads(settings.uploads.max_concurrent_per_user)
         self.uploads = UploadServices.from_settings(settings)  # one budget, one sender

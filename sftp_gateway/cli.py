@@ -312,6 +312,9 @@ def _check_name(name: str) -> str:
     return name
 
 
+COMPRESSIONS = ("none", "gzip", "zstd")  # users.compression; NULL: storage.compression
+
+
 @users.command("add")
 @click.argument("name")
 @click.option("--key", "key_path", required=True, type=click.Path(path_type=Path))
@@ -323,6 +326,12 @@ def _check_name(name: str) -> str:
     show_default=True,
     help="Comma-separated: " + ", ".join(PERMISSIONS),
 )
+@click.option(
+    "--compression",
+    type=click.Choice(COMPRESSIONS),
+    default=None,
+    help="How this user's uploads are stored (default: storage.compression).",
+)
 @config_option
 @reports_errors
 def users_add(
@@ -331,6 +340,7 @@ def users_add(
     email: str | None,
     home: str | None,
     permissions: str,
+    compression: str | None,
     config_path: Path | None,
 ) -> None:
     """Create a user with one public key."""
@@ -346,8 +356,32 @@ def users_add(
     if not home or ".." in home.split("/"):
         raise click.BadParameter("must be a relative prefix without '..'", param_hint="--home")
     catalog = _catalog(_settings(config_path))
-    catalog.add_user(name, key, home=home, permissions=perms or DEFAULT_PERMISSIONS, email=email)
+    catalog.add_user(
+        name,
+        key,
+        home=home,
+        permissions=perms or DEFAULT_PERMISSIONS,
+        email=email,
+        compression=compression,
+    )
     click.echo(f"added user {name} (home {home}/, key {key.fingerprint})")
+
+
+@users.command("set")
+@click.argument("name")
+@click.option(
+    "--compression",
+    type=click.Choice([*COMPRESSIONS, "default"]),
+    required=True,
+    help="How this user's uploads are stored from now on; default: storage.compression.",
+)
+@config_option
+@reports_errors
+def users_set(name: str, compression: str, config_path: Path | None) -> None:
+    """Change a user's settings (uploads already stored or begun keep theirs)."""
+    value = None if compression == "default" else compression
+    _catalog(_settings(config_path)).set_user_compression(name, value)
+    click.echo(f"user {name}: compression {compression}")
 
 
 @users.command("add-key")
@@ -400,6 +434,7 @@ def users_list(as_json: bool, config_path: Path | None) -> None:
                         "email": u.email,
                         "home": u.home,
                         "permissions": sorted(u.permissions),
+                        "compression": u.compression,  # null: storage.compression
                         "created_at": u.created_at.isoformat(),
                         "keys": [
                             {

@@ -196,6 +196,11 @@ class StorageConfig(_Section):
     # A CRC32 on every part and PUT, verified by S3 (and instead of SHA-256 signing
     # every body). Off only for stores that mishandle composite checksums (moto).
     part_checksums: bool = True
+    # S3's full-object CRC64NVME (ChecksumType FULL_OBJECT): every part, PUT and
+    # completion carries a CRC64NVME, so S3 verifies the whole object and readers see
+    # one checksum of its bytes. auto: used until the store refuses it (then this
+    # process goes on with part_checksums); on: required; off: never.
+    full_object_checksum: Literal["auto", "on", "off"] = "auto"
     # Seconds to open a connection to S3, and to wait for each read of a response (a
     # stalled S3 fails the request after it; the SDK then retries up to max_attempts).
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
@@ -217,13 +222,21 @@ class StorageConfig(_Section):
     # works); the SFTP view, the catalog's size and the SHA-256 stay the file's own.
     compression: Literal["none", "gzip", "zstd"] = "none"
     compression_level: int | None = None  # None: gzip 6, zstd 3
-    # How S3 readers learn it: the Content-Encoding header (the key keeps its name).
-    compression_naming: Literal["content-encoding"] = "content-encoding"
+    # How S3 readers learn it: content-encoding, the Content-Encoding header (the key
+    # keeps its name); suffix, the key gets .gz / .zst and no Content-Encoding, so S3
+    # tools download the compressed file (SFTP users still see the name they sent).
+    compression_naming: Literal["content-encoding", "suffix"] = "content-encoding"
 
     @field_validator("prefix")
     @classmethod
     def _strip_prefix(cls, value: str) -> str:
         return value.strip("/")
+
+    @field_validator("full_object_checksum", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare `on` as true and `off` as false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("part_size")
     @classmethod

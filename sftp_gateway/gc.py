@@ -31,6 +31,8 @@ from sftp_gateway.config import Settings
 from sftp_gateway.errors import GatewayError, NotFound
 from sftp_gateway.records import UploadStatus
 from sftp_gateway.storage.base import Part, Storage
+from sftp_gateway.storage.checksums import full_object_crc64nvme
+from sftp_gateway.storage.naming import storage_for
 from sftp_gateway.upload.stream import attach_sha256
 from sftp_gateway.workers import PeriodicWorker
 
@@ -143,7 +145,12 @@ def _complete_from_parts(storage: Storage, record: UploadRecord) -> bool:
     except NotFound:
         return False
     parts = [Part(**part) for part in record.parts]
-    storage.complete_multipart(record.object_key, record.s3_upload_id, parts)
+    # Parts with CRC64NVMEs: an upload made for the full-object checksum, whose value
+    # is theirs combined, as the upload itself would have sent it.
+    whole = full_object_crc64nvme(parts) if all(p.crc64nvme for p in parts) else None
+    storage.complete_multipart(
+        record.object_key, record.s3_upload_id, parts, full_object_crc64nvme=whole
+    )
     info = storage.head(record.object_key)
     if info is not None and record.sha256:
         attach_sha256(  # a tag, as the upload itself would have (no copy)
@@ -179,9 +186,7 @@ def collect_garbage(
 ) -> GcReport:
     """Abort expired interrupted uploads and orphan multipart uploads under the prefix."""
     if storage is None:
-        from sftp_gateway.storage.s3 import S3Storage
-
-        storage = S3Storage(settings.storage)
+        storage = storage_for(settings.storage)
     now = now or utcnow()
     report = GcReport()
     cutoff = now - timedelta(seconds=settings.uploads.resume_ttl)

@@ -90,6 +90,8 @@ class Principal:
     email: str | None = None
     key_fingerprint: str | None = None
     key_options: str | None = None  # checked at login and by the revocation watcher
+    # none | gzip | zstd for this user's uploads; None: storage.compression.
+    compression: str | None = None
 
     def may(self, permission: str) -> bool:
         return permission in self.permissions
@@ -113,6 +115,7 @@ class UserRecord:
     permissions: frozenset[str]
     created_at: datetime
     keys: tuple[PublicKey, ...]
+    compression: str | None = None  # none | gzip | zstd; None: storage.compression
 
 
 # -- uploads ---------------------------------------------------------------------------
@@ -129,6 +132,9 @@ class ResumeState(TypedDict):
     double_every: NotRequired[int]
     largest_part: NotRequired[int]
     compression: NotRequired[str]  # gzip | zstd: the parts are members/frames of it
+    # true: the multipart upload was made for S3's full-object CRC64NVME; the parts
+    # carry theirs (`crc64nvme`), the object's is their combination.
+    full_object_checksum: NotRequired[bool]
 
 
 @dataclass(frozen=True)

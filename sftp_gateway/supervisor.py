@@ -363,12 +363,12 @@ class HostJobs:
     def __init__(self, settings: Settings, catalog: Any, count: int) -> None:
         from sftp_gateway.gc import PeriodicGc
         from sftp_gateway.runtime import background_workers
-        from sftp_gateway.storage.s3 import S3Storage
+        from sftp_gateway.storage.naming import storage_for
         from sftp_gateway.web.upload_page import upload_server
 
         self.settings = settings
         self.catalog = catalog
-        self.storage = S3Storage(settings.storage)
+        self.storage = storage_for(settings.storage)
         self.background: list[Any] = [
             *background_workers(settings, catalog),
             PeriodicGc(settings, catalog, self.storage),

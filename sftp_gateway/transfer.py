@@ -453,7 +453,9 @@ class Upload:
             on_checkpoint=self._record_checkpoint,
             resume=checkpoint,
             # part-size schedule, compression, sha256_in_metadata (a resume: its own)
-            options=StreamOptions.for_upload(settings.storage, expected_size),
+            options=StreamOptions.for_upload(
+                settings.storage, expected_size, principal.compression
+            ),
         )
         self._start_record = self._initial_record(principal, client, uploader.storage.bucket)
 

@@ -20,8 +20,10 @@ def storage() -> MemoryStorage:
 
 def test_memory_storage_satisfies_the_storage_protocol(storage: MemoryStorage) -> None:
     typed: Storage = storage  # a type checker rejects this if a method is missing
-    protocol_methods = {n for n in vars(Storage) if not n.startswith("_")} - {"bucket"}
+    attributes = {"bucket", "full_object_checksum"}
+    protocol_methods = {n for n in vars(Storage) if not n.startswith("_")} - attributes
     assert all(callable(getattr(typed, name)) for name in protocol_methods)
+    assert isinstance(typed.full_object_checksum, bool)
 
 
 def test_head_returns_size_metadata_and_content_type(storage: MemoryStorage) -> None:

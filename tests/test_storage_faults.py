@@ -15,16 +15,16 @@ from tests.helpers import MIB, make_pdf
 class FailingParts(S3Storage):
     """S3 that refuses the third part of every upload."""
 
-    def upload_part(self, key: str, upload_id: str, number: int, body) -> Part:  # type: ignore[no-untyped-def]
+    def upload_part(self, key: str, upload_id: str, number: int, body, **options) -> Part:  # type: ignore[no-untyped-def]
         if number == 3:
             raise StorageError("storage error during upload part (InternalError)")
-        return super().upload_part(key, upload_id, number, body)
+        return super().upload_part(key, upload_id, number, body, **options)
 
 
 class FailingCompletion(S3Storage):
     """S3 that accepts every part but fails CompleteMultipartUpload."""
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[Part], **options) -> None:  # type: ignore[no-untyped-def]
         raise StorageError("storage error during upload completion (InternalError)")
 
 

@@ -32,6 +32,8 @@ class UserRow(Base):
     home: Mapped[str] = mapped_column(String(512))
     permissions: Mapped[str] = mapped_column(String(200))  # comma-separated
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # none | gzip | zstd for this user's uploads; NULL: storage.compression (0006).
+    compression: Mapped[str | None] = mapped_column(String(8))
     keys: Mapped[list[UserKeyRow]] = relationship(
         back_populates="user", cascade="all, delete-orphan", order_by="UserKeyRow.id"
     )

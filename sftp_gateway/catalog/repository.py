@@ -144,6 +144,7 @@ PRINCIPAL_BY_KEY = (
         USERS.c.home,
         USERS.c.permissions,
         USERS.c.email,
+        USERS.c.compression,
         KEYS.c.options,
     )
     .join_from(USERS, KEYS, KEYS.c.user_id == USERS.c.id)
@@ -207,6 +208,7 @@ def _user_record(row: UserRow) -> UserRecord:
         permissions=frozenset(p for p in row.permissions.split(",") if p),
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
         keys=keys,
+        compression=row.compression,
     )
 
 
@@ -236,6 +238,7 @@ class Catalog:
         home: str,
         permissions: frozenset[str],
         email: str | None = None,
+        compression: str | None = None,
     ) -> UserRecord:
         now = utcnow()
         try:
@@ -246,6 +249,7 @@ class Catalog:
                     home=home,
                     permissions=",".join(sorted(permissions)),
                     created_at=now,
+                    compression=compression,
                 )
                 row.keys.append(_key_row(key, now))
                 session.add(row)
@@ -273,6 +277,11 @@ class Catalog:
         with self._tx() as session:
             session.delete(self._user_row(session, name))
 
+    def set_user_compression(self, name: str, compression: str | None) -> None:
+        """The user's uploads from now on: none, gzip or zstd; None: the deployment's."""
+        with self._tx() as session:
+            self._user_row(session, name).compression = compression
+
     def list_users(self) -> list[UserRecord]:
         with self._tx() as session:
             rows = session.scalars(select(UserRow).order_by(UserRow.name)).all()
@@ -298,6 +307,7 @@ class Catalog:
             email=row["email"],
             key_fingerprint=fingerprint,
             key_options=row["options"],
+            compression=row["compression"],
         )
 
     @staticmethod

@@ -48,10 +48,18 @@ class Part:
     checksum: str | None = None
     # Bytes of the file this part carries when it is stored compressed (None: `size`).
     source_size: int | None = None
+    # Its CRC64NVME (base64) in an upload with the full-object checksum, instead of
+    # `checksum` (CRC32): the object's checksum is combined from these and the sizes.
+    crc64nvme: str | None = None
 
 
 class Storage(Protocol):
     bucket: str
+
+    @property
+    def full_object_checksum(self) -> bool:
+        """New objects get a full-object CRC64NVME (storage.full_object_checksum)."""
+        ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
     def has_prefix(self, prefix: str) -> bool: ...
@@ -74,13 +82,27 @@ class Storage(Protocol):
         content_type: str,
         *,
         content_encoding: str | None = None,
+        full_object_checksum: bool = False,
     ) -> str: ...
     def set_tags(self, key: str, tags: dict[str, str]) -> None: ...
     def get_tags(self, key: str) -> dict[str, str]: ...
     def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes | bytearray
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray,
+        *,
+        full_object_checksum: bool = False,
     ) -> Part: ...
-    def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None: ...
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[Part],
+        *,
+        full_object_crc64nvme: str | None = None,
+    ) -> None: ...
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
     def list_parts(self, key: str, upload_id: str) -> list[Part]: ...
     def list_multipart_uploads(self, prefix: str) -> list[tuple[str, str, datetime]]: ...

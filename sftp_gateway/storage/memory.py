@@ -14,13 +14,14 @@ import io
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO
 
 from sftp_gateway.errors import GatewayError, NotFound, StorageError
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
+from sftp_gateway.storage.checksums import FullObjectChecksum, FullObjectMode, crc64nvme_b64
 
 S3_MIN_PART = 5 * 1024 * 1024
 S3_MAX_PARTS = 10_000
@@ -35,6 +36,7 @@ class StoredObject:
     etag: str
     tags: dict[str, str] = field(default_factory=dict)
     content_encoding: str | None = None
+    crc64nvme: str | None = None  # the full-object checksum it was written with, verified
 
 
 @dataclass
@@ -45,6 +47,7 @@ class MultipartUpload:
     initiated: datetime
     parts: dict[int, tuple[Part, bytes]] = field(default_factory=dict)
     content_encoding: str | None = None
+    full_object_checksum: bool = False  # created for a FULL_OBJECT CRC64NVME
 
 
 def _now() -> datetime:
@@ -62,11 +65,19 @@ def _multipart_etag(parts: list[Part]) -> str:
 
 
 class MemoryStorage:
-    """One bucket in a dict. `fail_next` makes an operation raise once, for fault tests."""
+    """One bucket in a dict. `fail_next` makes an operation raise once, for fault tests.
+    Like S3, it verifies every full-object CRC64NVME it is given against the bytes."""
 
-    def __init__(self, bucket: str = "memory", *, min_part_size: int = S3_MIN_PART) -> None:
+    def __init__(
+        self,
+        bucket: str = "memory",
+        *,
+        min_part_size: int = S3_MIN_PART,
+        full_object_checksum: FullObjectMode = "auto",
+    ) -> None:
         self.bucket = bucket
         self.min_part_size = min_part_size
+        self._full_object = FullObjectChecksum(full_object_checksum, "memory")
         self._lock = threading.RLock()
         self._objects: dict[str, StoredObject] = {}
         self._uploads: dict[str, MultipartUpload] = {}
@@ -97,6 +108,16 @@ class MemoryStorage:
     def read_bytes(self, key: str) -> bytes:
         with self._lock:
             return self._object(key, "read").data
+
+    def object_crc64nvme(self, key: str) -> str | None:
+        """The full-object CRC64NVME the object was written with (and that matched its
+        bytes), as HeadObject with ChecksumMode shows it; None: written without."""
+        with self._lock:
+            return self._object(key, "read").crc64nvme
+
+    @property
+    def full_object_checksum(self) -> bool:
+        return self._full_object.active
 
     # -- looking ---------------------------------------------------------------------
 
@@ -136,6 +157,21 @@ class MemoryStorage:
             is_dir = any(k.startswith(key + "/") for k in self._objects)
             return Probe(file, is_dir)
 
+    def probe_variants(
+        self, key: str, suffixes: Sequence[str]
+    ) -> tuple[Probe, dict[str, ObjectInfo]]:
+        """probe(key), and the objects at key + each suffix (S3Storage: one LIST)."""
+        with self._lock:
+            self._check_failure("probe_variants")
+            found = {
+                name: ObjectInfo(name, len(obj.data), obj.modified)
+                for name in (key, *(key + suffix for suffix in suffixes))
+                if (obj := self._objects.get(name)) is not None
+            }
+            is_dir = any(k.startswith(key + "/") for k in self._objects)
+        variants = {suffix: found[key + suffix] for suffix in suffixes if key + suffix in found}
+        return Probe(found.get(key), is_dir), variants
+
     def list_dir(self, prefix: str) -> Iterator[Entry]:
         """S3's LIST with Delimiter='/': sub-directories then files, each sorted."""
         with self._lock:
@@ -167,6 +203,8 @@ class MemoryStorage:
         content_encoding: str | None = None,
     ) -> None:
         data = bytes(body)
+        # S3Storage sends this CRC64NVME, which S3 checks against the bytes it got.
+        crc64nvme = crc64nvme_b64(data) if self.full_object_checksum else None
         with self._lock:
             self._check_failure("put")
             self._objects[key] = StoredObject(
@@ -177,6 +215,7 @@ class MemoryStorage:
                 _etag(data),
                 dict(tags or {}),
                 content_encoding,
+                crc64nvme,
             )
 
     def set_tags(self, key: str, tags: dict[str, str]) -> None:
@@ -229,6 +268,7 @@ class MemoryStorage:
                 obj.etag,
                 dict(obj.tags),  # CopyObject's default TaggingDirective is COPY
                 obj.content_encoding,
+                obj.crc64nvme,  # the same bytes: S3 keeps the checksum's algorithm
             )
 
     def open_read(self, key: str, offset: int) -> BinaryIO:
@@ -255,35 +295,63 @@ class MemoryStorage:
         content_type: str,
         *,
         content_encoding: str | None = None,
+        full_object_checksum: bool = False,
     ) -> str:
         with self._lock:
             self._check_failure("create_multipart")
             upload_id = uuid.uuid4().hex
             self._uploads[upload_id] = MultipartUpload(
-                key, dict(metadata), content_type, _now(), content_encoding=content_encoding
+                key,
+                dict(metadata),
+                content_type,
+                _now(),
+                content_encoding=content_encoding,
+                full_object_checksum=full_object_checksum,
             )
             return upload_id
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> Part:
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray,
+        *,
+        full_object_checksum: bool = False,
+    ) -> Part:
+        """S3's checks: a part of an upload made for the full-object checksum carries a
+        CRC64NVME, and no other upload's part does (S3: InvalidRequest)."""
         data = bytes(body)
         with self._lock:
             self._check_failure("upload_part")
             upload = self._upload(key, upload_id, "upload part")
             if not 1 <= number <= S3_MAX_PARTS:
                 raise StorageError("storage error during upload part (InvalidArgument)")
-            part = Part(number, _etag(data), len(data))
+            if full_object_checksum != upload.full_object_checksum:
+                raise StorageError("storage error during upload part (InvalidRequest)")
+            crc64nvme = crc64nvme_b64(data) if full_object_checksum else None
+            part = Part(number, _etag(data), len(data), crc64nvme=crc64nvme)
             upload.parts[number] = (part, data)
             return part
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
-        """S3's checks: parts known with their ETag, none repeated, all but the last big
-        enough; then the object appears and the upload is gone."""
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[Part],
+        *,
+        full_object_crc64nvme: str | None = None,
+    ) -> None:
+        """S3's checks: parts known with their ETag (and CRC64NVME), none repeated, all
+        but the last big enough, the object's CRC64NVME that of its bytes; then the
+        object appears and the upload is gone."""
         with self._lock:
             self._check_failure("complete_multipart")
             upload = self._upload(key, upload_id, "upload completion")
             ordered = sorted(parts, key=lambda p: p.number)
             self._check_completion(upload, ordered)
             data = b"".join(upload.parts[p.number][1] for p in ordered)
+            self._check_full_object(upload, data, full_object_crc64nvme)
             self._objects[key] = StoredObject(
                 data,
                 upload.metadata,
@@ -291,6 +359,7 @@ class MemoryStorage:
                 _now(),
                 _multipart_etag(ordered),
                 content_encoding=upload.content_encoding,
+                crc64nvme=full_object_crc64nvme,
             )
             del self._uploads[upload_id]
 
@@ -304,8 +373,21 @@ class MemoryStorage:
             stored = upload.parts.get(part.number)
             if stored is None or stored[0].etag != part.etag:
                 raise StorageError("storage error during upload completion (InvalidPart)")
+            if upload.full_object_checksum and part.crc64nvme != stored[0].crc64nvme:
+                raise StorageError("storage error during upload completion (BadDigest)")
         if any(upload.parts[p.number][0].size < self.min_part_size for p in ordered[:-1]):
             raise StorageError("storage error during upload completion (EntityTooSmall)")
+
+    @staticmethod
+    def _check_full_object(upload: MultipartUpload, data: bytes, claimed: str | None) -> None:
+        """A whole-object CRC64NVME only for an upload made for it, and S3 refuses one
+        that is not the CRC64NVME of the object's bytes."""
+        if claimed is None:
+            return
+        if not upload.full_object_checksum:
+            raise StorageError("storage error during upload completion (InvalidRequest)")
+        if claimed != crc64nvme_b64(data):
+            raise StorageError("storage error during upload completion (BadDigest)")
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Idempotent, like S3Storage.abort_multipart."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import logging
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
+from functools import partial
 from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ from sftp_gateway.errors import NotFound, StorageError
 from sftp_gateway.s3limits import MAX_SINGLE_COPY
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 from sftp_gateway.storage.botocompat import cache_endpoints_per_bucket
+from sftp_gateway.storage.checksums import ChecksumRefused, FullObjectChecksum, crc64nvme_b64
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +35,16 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 def crc32_b64(data: bytes | bytearray | memoryview) -> str:
     """S3's x-amz-checksum-crc32: big-endian CRC32, base64."""
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def completed_part(part: Part) -> dict[str, Any]:
+    """A Parts entry of CompleteMultipartUpload, with the checksum the part was sent with."""
+    entry: dict[str, Any] = {"PartNumber": part.number, "ETag": part.etag}
+    if part.crc64nvme:
+        entry["ChecksumCRC64NVME"] = part.crc64nvme
+    elif part.checksum:
+        entry["ChecksumCRC32"] = part.checksum
+    return entry
 
 
 def endpoint_options(config: StorageConfig) -> dict[str, Any]:
@@ -47,6 +59,12 @@ def endpoint_options(config: StorageConfig) -> dict[str, Any]:
     }
 
 
+def sends_checksums(config: StorageConfig) -> bool:
+    """Every body carries a checksum S3 verifies (an `auto` full-object checksum may fall
+    back to none when part_checksums is off)."""
+    return config.part_checksums or config.full_object_checksum == "on"
+
+
 def client_config(config: StorageConfig) -> BotoConfig:
     """The upload client: every S3 call gets these timeouts and retry budget."""
     return BotoConfig(
@@ -56,12 +74,13 @@ def client_config(config: StorageConfig) -> BotoConfig:
         # two), for nothing.
         parameter_validation=False,
         retries={"max_attempts": config.max_attempts, "mode": "standard"},
-        # We send our own CRC32 per part; no second pass for a default checksum.
+        # We send our own checksum per part (CRC32 or CRC64NVME); no second pass for a
+        # default checksum.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        # Each part carries our CRC32, which S3 verifies; hashing every body
+        # Each part carries our checksum, which S3 verifies; hashing every body
         # again with SHA-256 for the signature would be a second full pass.
-        s3={"payload_signing_enabled": not config.part_checksums, **endpoint_options(config)},
+        s3={"payload_signing_enabled": not sends_checksums(config), **endpoint_options(config)},
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
@@ -103,10 +122,29 @@ class S3Storage:
             self._sse["ServerSideEncryption"] = config.sse
         if config.kms_key_id:
             self._sse["SSEKMSKeyId"] = config.kms_key_id
+        self._full_object = FullObjectChecksum(
+            config.full_object_checksum, config.endpoint_url or "S3"
+        )
+
+    @property
+    def full_object_checksum(self) -> bool:
+        return self._full_object.active
 
     def _call(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
         with translated(action):
             return fn(Bucket=self.bucket, **kwargs)
+
+    def _call_with_checksum(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        """A request carrying the full-object checksum: with `auto`, the store's refusal
+        of it is ChecksumRefused (make the request again without), not a failure."""
+        with translated(action):
+            try:
+                return fn(Bucket=self.bucket, **kwargs)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if self._full_object.falls_back(code):
+                    raise ChecksumRefused(f"storage refused the checksum ({code})") from exc
+                raise
 
     def ping(self, timeout: float) -> None:
         """HeadBucket within about `timeout` seconds, one attempt (readiness checks):
@@ -167,6 +205,29 @@ class S3Storage:
             return Probe(self.head(key), self.has_prefix(key + "/"))
         return Probe(file, is_dir)
 
+    def probe_variants(
+        self, key: str, suffixes: Sequence[str]
+    ) -> tuple[Probe, dict[str, ObjectInfo]]:
+        """probe(key), and the objects at key + each suffix, from the same LIST (they
+        share its prefix); beyond its first page, HEAD and a prefix check instead."""
+        resp = self._call(
+            "stat", self.client.list_objects_v2, Prefix=key, Delimiter="/", MaxKeys=PROBE_KEYS
+        )
+        found = {
+            obj["Key"]: ObjectInfo(obj["Key"], obj["Size"], obj.get("LastModified"))
+            for obj in resp.get("Contents", [])
+        }
+        is_dir = any(p["Prefix"] == key + "/" for p in resp.get("CommonPrefixes", []))
+        wanted = [key, *(key + suffix for suffix in suffixes)]
+        if resp.get("IsTruncated"):
+            for name in wanted:
+                info = found.get(name) or self.head(name)
+                if info is not None:
+                    found[name] = ObjectInfo(name, info.size, info.modified)
+            is_dir = is_dir or self.has_prefix(key + "/")
+        variants = {suffix: found[key + suffix] for suffix in suffixes if key + suffix in found}
+        return Probe(found.get(key), is_dir), variants
+
     def list_dir(self, prefix: str) -> Iterator[Entry]:
         """Files and sub-directories directly under `prefix`, every page of them."""
         paginator = self.client.get_paginator("list_objects_v2")
@@ -191,9 +252,10 @@ class S3Storage:
         tags: dict[str, str] | None = None,
         content_encoding: str | None = None,
     ) -> None:
-        """One PutObject; tags ride on it (x-amz-tagging), no second request."""
-        self._call(
-            "upload",
+        """One PutObject; tags ride on it (x-amz-tagging), no second request. With the
+        full-object checksum it carries a CRC64NVME (a refusal in `auto`: sent again
+        with the CRC32 of storage.part_checksums)."""
+        put = partial(
             self.client.put_object,
             Key=key,
             Body=body,
@@ -201,9 +263,13 @@ class S3Storage:
             ContentType=content_type,
             **({"Tagging": urlencode(tags)} if tags else {}),
             **({"ContentEncoding": content_encoding} if content_encoding else {}),
-            **self._checksum(body),
             **self._sse,
         )
+        if self.full_object_checksum:
+            with suppress(ChecksumRefused):
+                self._call_with_checksum("upload", put, ChecksumCRC64NVME=crc64nvme_b64(body))
+                return
+        self._call("upload", put, **self._checksum(body))
 
     def set_tags(self, key: str, tags: dict[str, str]) -> None:
         """Replace the object's tag set: the way to attach what is known only after
@@ -230,21 +296,42 @@ class S3Storage:
         content_type: str,
         *,
         content_encoding: str | None = None,
+        full_object_checksum: bool = False,
     ) -> str:
-        resp = self._call(
-            "upload start",
+        """CreateMultipartUpload; with `full_object_checksum`, for a FULL_OBJECT
+        CRC64NVME (in `auto`, a store refusing it raises ChecksumRefused)."""
+        create = partial(
             self.client.create_multipart_upload,
             Key=key,
             Metadata=metadata,
             ContentType=content_type,
             **({"ContentEncoding": content_encoding} if content_encoding else {}),
-            **({"ChecksumAlgorithm": "CRC32"} if self._config.part_checksums else {}),
             **self._sse,
         )
+        if full_object_checksum:
+            resp = self._call_with_checksum(
+                "upload start", create, ChecksumAlgorithm="CRC64NVME", ChecksumType="FULL_OBJECT"
+            )
+        else:
+            crc32 = {"ChecksumAlgorithm": "CRC32"} if self._config.part_checksums else {}
+            resp = self._call("upload start", create, **crc32)
         return str(resp["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> Part:
-        checksum = self._checksum(body)
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes | bytearray,
+        *,
+        full_object_checksum: bool = False,
+    ) -> Part:
+        """One part with its CRC64NVME (an upload with the full-object checksum) or the
+        CRC32 of storage.part_checksums; S3 verifies either."""
+        if full_object_checksum:
+            checksum = {"ChecksumCRC64NVME": crc64nvme_b64(body)}
+        else:
+            checksum = self._checksum(body)
         resp = self._call(
             "upload part",
             self.client.upload_part,
@@ -254,24 +341,37 @@ class S3Storage:
             Body=body,
             **checksum,
         )
-        crc = checksum.get("ChecksumCRC32")
-        return Part(number=number, etag=resp["ETag"], size=len(body), checksum=crc)
+        return Part(
+            number=number,
+            etag=resp["ETag"],
+            size=len(body),
+            checksum=checksum.get("ChecksumCRC32"),
+            crc64nvme=checksum.get("ChecksumCRC64NVME"),
+        )
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[Part],
+        *,
+        full_object_crc64nvme: str | None = None,
+    ) -> None:
+        """CompleteMultipartUpload with each part's checksum and, for an upload with the
+        full-object checksum, the object's CRC64NVME, which S3 checks."""
         ordered = sorted(parts, key=lambda p: p.number)
+        whole = (
+            {"ChecksumCRC64NVME": full_object_crc64nvme, "ChecksumType": "FULL_OBJECT"}
+            if full_object_crc64nvme
+            else {}
+        )
         self._call(
             "upload completion",
             self.client.complete_multipart_upload,
             Key=key,
             UploadId=upload_id,
-            MultipartUpload={
-                "Parts": [
-                    {"PartNumber": p.number, "ETag": p.etag, "ChecksumCRC32": p.checksum}
-                    if p.checksum
-                    else {"PartNumber": p.number, "ETag": p.etag}
-                    for p in ordered
-                ]
-            },
+            MultipartUpload={"Parts": [completed_part(p) for p in ordered]},
+            **whole,
         )
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -287,7 +387,13 @@ class S3Storage:
             for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
                 for p in page.get("Parts", []):
                     parts.append(
-                        Part(p["PartNumber"], p["ETag"], p["Size"], p.get("ChecksumCRC32"))
+                        Part(
+                            p["PartNumber"],
+                            p["ETag"],
+                            p["Size"],
+                            p.get("ChecksumCRC32"),
+                            crc64nvme=p.get("ChecksumCRC64NVME"),
+                        )
                     )
         return parts
 
@@ -360,6 +466,9 @@ class S3Storage:
             multipart_threshold=self._config.copy_part_size,
             multipart_chunksize=self._config.copy_part_size,
             max_concurrency=self._config.max_concurrency * 2,
+            # With awscrt installed, "auto" picks the CRT transfer client on some EC2
+            # types, which ignores this client's timeouts and retries: always ours.
+            preferred_transfer_client="classic",
         )
         extra = {"Metadata": metadata, "ContentType": content_type, **self._sse}
         if content_encoding:

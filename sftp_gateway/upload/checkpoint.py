@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Checkpoint:
     """What is durably in S3: parts 1..n, their bytes, the SHA-256 state after them,
-    and how the next parts are made (the part-size schedule, the compression), so a
-    resume continues exactly as the upload would have."""
+    and how the next parts are made (the part-size schedule, the compression, the
+    checksum the upload was made for), so a resume continues exactly as the upload
+    would have. The running CRC64NVME needs no state of its own: each part keeps its
+    CRC64NVME, and the object's is combined from them at completion."""
 
     upload_id: str
     part_size: int
@@ -28,6 +30,7 @@ class Checkpoint:
     hash_state: bytes
     schedule: PartSchedule | None = None  # None: constant part_size (older checkpoints)
     compression: str | None = None
+    full_object_checksum: bool = False  # made for S3's FULL_OBJECT CRC64NVME
 
     @property
     def size(self) -> int:
@@ -48,6 +51,7 @@ class Checkpoint:
             **self.part_schedule.as_dict(),
             "sha256_state": self.hash_state.hex(),
             **({"compression": self.compression} if self.compression else {}),
+            **({"full_object_checksum": True} if self.full_object_checksum else {}),
         }
 
     @classmethod
@@ -63,6 +67,7 @@ class Checkpoint:
             hash_state=bytes.fromhex(state["sha256_state"]),
             schedule=schedule,
             compression=state.get("compression"),
+            full_object_checksum=bool(state.get("full_object_checksum", False)),
         )
 
 
@@ -81,6 +86,8 @@ class DurableParts:
         self.schedule = schedule
         self.compression = compression
         self.upload_id = resume.upload_id if resume else None
+        # Set with upload_id when the multipart upload is made (a resume: as it was).
+        self.full_object_checksum = resume.full_object_checksum if resume else False
         self._resumed = resume
         self._stored: dict[int, Part] = {p.number: p for p in resume.parts} if resume else {}
         self._hash_states: dict[int, bytes] = {}
@@ -119,7 +126,13 @@ class DurableParts:
             state = self._resumed.hash_state
         parts = tuple(self._stored[n] for n in range(1, count + 1))
         return Checkpoint(
-            self.upload_id, self.schedule.base, parts, state, self.schedule, self.compression
+            self.upload_id,
+            self.schedule.base,
+            parts,
+            state,
+            self.schedule,
+            self.compression,
+            self.full_object_checksum,
         )
 
     def maybe_report(self) -> None:

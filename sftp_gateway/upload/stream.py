@@ -28,6 +28,7 @@ from sftp_gateway.config import StorageConfig
 from sftp_gateway.errors import QuotaExceeded, StorageError
 from sftp_gateway.s3limits import MAX_PARTS, PartSchedule, schedule_for
 from sftp_gateway.storage.base import Part, Storage
+from sftp_gateway.storage.checksums import ChecksumRefused, full_object_crc64nvme
 from sftp_gateway.upload.budget import Lease
 from sftp_gateway.upload.checkpoint import Checkpoint, DurableParts
 from sftp_gateway.upload.compress import PartCompressor, compressor_for
@@ -63,11 +64,17 @@ class StreamOptions:
     sha256_in_metadata: bool = False
 
     @classmethod
-    def for_upload(cls, config: StorageConfig, expected_size: int | None) -> StreamOptions:
+    def for_upload(
+        cls, config: StorageConfig, expected_size: int | None, compression: str | None = None
+    ) -> StreamOptions:
+        """`compression`: the uploader's own (users.compression: none | gzip | zstd),
+        None for storage.compression. compression_level goes with the configured
+        algorithm only; another one gets its default level."""
+        chosen = compression or config.compression
         return cls(
             schedule=schedule_for(config.part_size, expected_size),
-            compression=None if config.compression == "none" else config.compression,
-            compression_level=config.compression_level,
+            compression=None if chosen == "none" else chosen,
+            compression_level=config.compression_level if chosen == config.compression else None,
             sha256_in_metadata=config.sha256_in_metadata,
         )
 
@@ -261,7 +268,10 @@ class UploadStream:
             result = self._result(digest, True, parts, sum(p.size for p in parts))
             if before_publish is not None:
                 before_publish(result)
-            self.storage.complete_multipart(self.key, self.upload_id, list(parts))
+            whole = full_object_crc64nvme(parts) if self._durable.full_object_checksum else None
+            self.storage.complete_multipart(
+                self.key, self.upload_id, list(parts), full_object_crc64nvme=whole
+            )
             # The SHA-256 is known only now; S3 takes metadata at creation: a tag.
             attach_sha256(
                 self.storage,
@@ -370,9 +380,7 @@ class UploadStream:
         """Hand the full buffer to the senders; the next write takes a fresh one.
         A compressed part comes hashed already (`hash_state` after its bytes)."""
         if self.upload_id is None:
-            self._durable.upload_id = self.storage.create_multipart(
-                self.key, self.metadata, self.content_type, content_encoding=self.compression
-            )
+            self._durable.upload_id = self._create_multipart()
             if self._on_created:
                 self._on_created(self._durable.upload_id)
         number = self._durable.base_parts + len(self._jobs) + 1
@@ -402,6 +410,26 @@ class UploadStream:
         send = self._sender.send(self._send_part, number, body, source_size)
         send.add_done_callback(job.one_done)
 
+    def _create_multipart(self) -> str:
+        """The multipart upload, made for the full-object CRC64NVME while the storage
+        uses it; a store refusing it (ChecksumRefused, `auto`) gets one without."""
+        create = partial(
+            self.storage.create_multipart,
+            self.key,
+            self.metadata,
+            self.content_type,
+            content_encoding=self.compression,
+        )
+        if self.storage.full_object_checksum:
+            try:
+                upload_id = create(full_object_checksum=True)
+            except ChecksumRefused:
+                pass
+            else:
+                self._durable.full_object_checksum = True
+                return upload_id
+        return create()
+
     def _hash_part(self, number: int, body: bytes | bytearray) -> None:
         self._hasher.update(body)
         self._durable.hashed(number, self._hasher.state())
@@ -410,7 +438,13 @@ class UploadStream:
         if self._error is not None:
             return  # an earlier part failed: the upload will end, save the work
         assert self.upload_id is not None
-        part = self.storage.upload_part(self.key, self.upload_id, number, body)
+        part = self.storage.upload_part(
+            self.key,
+            self.upload_id,
+            number,
+            body,
+            full_object_checksum=self._durable.full_object_checksum,
+        )
         if source_size is not None:
             part = replace(part, source_size=source_size)
         self._durable.stored(part)

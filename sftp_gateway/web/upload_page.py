@@ -102,7 +102,9 @@ class UploadLinks:
         user = self.gateway.catalog.get_user(link.user_name)
         if user is None:
             raise TusError(410, "the account of this upload link no longer exists")
-        principal = Principal(user.name, user.home, user.permissions, user.email)
+        principal = Principal(
+            user.name, user.home, user.permissions, user.email, compression=user.compression
+        )
         client = ClientInfo(source_of(request), user_agent(request), f"web-{link.id[:8]}", link.id)
         fs = UserFilesystem(
             principal=principal,
