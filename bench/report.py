@@ -83,6 +83,10 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(row['peak_above_idle_mib'], '.1f'):>7} "
             f"{_fmt(row['last_byte_to_catalog_row'], '.3f'):>6}"
         )
+    for phase in ("concurrent", "small_files", "sessions", "workers"):
+        if "error" in (result.get(phase) or {}):
+            print(f"{phase}: failed: {result[phase]['error']}")
+            result = {k: v for k, v in result.items() if k != phase}
     if conc := result.get("concurrent"):
         print(
             f"{conc['uploads']} x {label_of(conc['size'])} concurrent: "

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,19 +138,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for size in args.size_list:
             print(f"measuring {label_of(size)} ...", file=sys.stderr)
             result["sizes"][label_of(size)] = single_size(bench, size)
-        if bench.enabled("concurrent"):
-            print("measuring concurrent uploads ...", file=sys.stderr)
-            result["concurrent"] = concurrent(bench)
-        launcher.restart()
-        if bench.enabled("small"):
-            print("measuring small files ...", file=sys.stderr)
-            result["small_files"] = small_files(bench)
-        if bench.enabled("sessions"):
-            print("measuring sessions ...", file=sys.stderr)
-            result["sessions"] = sessions(bench)
-        if bench.enabled("workers"):
-            print("measuring serve --workers 1 and 2 ...", file=sys.stderr)
-            result["workers"] = workers_scaling(bench)
+        phases = [
+            ("concurrent", "concurrent", "concurrent uploads", concurrent),
+            ("small", "small_files", "small files", small_files),
+            ("sessions", "sessions", "sessions", sessions),
+            ("workers", "workers", "serve --workers 1 and 2", workers_scaling),
+        ]
+        for phase, field, what, measure in phases:
+            if bench.enabled(phase):
+                print(f"measuring {what} ...", file=sys.stderr)
+                result[field] = _measured(measure, bench, what)
+                launcher.restart()  # each phase starts from an idle gateway
         return result
     finally:
         children.stop_all()
@@ -159,6 +158,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"work dir kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _measured(measure: Callable[[Bench], dict[str, Any]], bench: Bench, what: str) -> dict:
+    """A phase's figures; a failed phase is reported, the others' figures are kept."""
+    try:
+        return measure(bench)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"{what} failed: {exc}", file=sys.stderr)
+        return {"error": str(exc)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

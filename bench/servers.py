@@ -192,6 +192,9 @@ def gateway_config(work: Path, endpoint: str, bucket: str, overrides: Sequence[s
             "host_keys_dir": str(work / "gw-hostkeys"),
             "drain_timeout": 1,
             "workers": 1,  # one process, so its /proc figures are the gateway's
+            # Every client of the bench logs in from 127.0.0.1, up to 16 at once.
+            "max_startups": "100",
+            "per_source_max_startups": 100,
         },
         "storage": {
             "bucket": bucket,
