@@ -103,6 +103,7 @@ def summarise_size(
     }
     if gw_cpu is not None and floor:
         out["cpu_ratio"] = gw_cpu / floor
+    out["ratio_gateway_direct_spread"] = paired_ratio_spread(runs["gateway"], runs["direct"])
     for key in (
         "last_byte_to_catalog_row",
         "last_ack_to_catalog_row",
@@ -111,6 +112,15 @@ def summarise_size(
     ):
         out[key] = median_of(runs["latency"], key)
     return out
+
+
+def paired_ratio_spread(
+    runs: list[dict[str, Any]], baselines: list[dict[str, Any]]
+) -> list[float] | None:
+    """[lowest, highest] of gateway/baseline wall for runs made side by side (run i of
+    each), the spread around the ratio of medians."""
+    ratios = [r["wall"] / b["wall"] for r, b in zip(runs, baselines, strict=False) if b["wall"]]
+    return [min(ratios), max(ratios)] if ratios else None
 
 
 def gap(start: float | None, end: float | None) -> float | None:

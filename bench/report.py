@@ -83,6 +83,8 @@ def print_table(result: dict[str, Any]) -> None:
             f"{_fmt(row['peak_above_idle_mib'], '.1f'):>7} "
             f"{_fmt(row['last_byte_to_catalog_row'], '.3f'):>6}"
         )
+        if spread := row.get("ratio_gateway_direct_spread"):
+            print(f"{'':>8} gw/S3 per run: {spread[0]:.2f} .. {spread[1]:.2f}")
     for phase in ("concurrent", "small_files", "sessions", "workers"):
         if "error" in (result.get(phase) or {}):
             print(f"{phase}: failed: {result[phase]['error']}")
