@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sftp_gateway import logs
 from tests.helpers import make_pdf, make_user_key, sha256_file
 from tests.serving import ServeProcess
@@ -139,3 +141,26 @@ def test_the_json_formatter_keeps_one_line_whatever_the_message_holds(tmp_path: 
     parsed = json.loads(line)
     assert parsed["message"] == "name a\nb\u2028c\u0085"
     assert (parsed["event"], parsed["addr"], parsed["bytes"]) == ("refused", "192.0.2.1", 5)
+
+
+def test_a_refused_request_is_logged_with_who_and_from_where(
+    serve_factory: Callable[..., ServeProcess],
+) -> None:
+    served = serve_factory()
+    client = served.ssh_client()
+    sftp = client.open_sftp()
+    with pytest.raises(OSError, match="right-to-left override"):
+        sftp.open("/invoice\u202efdp.exe.pdf", "wb").close()
+    sftp.close()
+    client.close()
+
+    wait_for_event(served, "session.end")
+    refused = [
+        line
+        for line in json_lines(served)
+        if line["message"].startswith("request refused:") and "U+202E" in line["message"]
+    ]
+    assert refused, served.log_text()[-3000:]
+    auth = wait_for_event(served, "auth.ok")
+    assert refused[0]["addr"] == "127.0.0.1"
+    assert refused[0]["conn"] == auth["conn"]  # the session of alice's key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from paramiko.sftp import (
     SFTP_FAILURE,
@@ -27,16 +28,18 @@ _STATUS = (
 )
 
 
-def status_for(exc: BaseException) -> tuple[int, str]:
-    """(SFTP status, message for the user). Unexpected errors hide their details."""
+def status_for(exc: BaseException, context: Mapping[str, object] | None = None) -> tuple[int, str]:
+    """(SFTP status, message for the user). Unexpected errors hide their details.
+    `context`: the connection's log fields (conn, user, addr), so the line says who."""
+    extra = dict(context or {})
     if isinstance(exc, errors.GatewayError):
-        log.info("request refused: %s", exc)
+        log.info("request refused: %s", exc, extra=extra)
         for kind, code in _STATUS:
             if isinstance(exc, kind):
                 return code, str(exc)
         return SFTP_FAILURE, str(exc)
     if isinstance(exc, UnicodeDecodeError):  # paramiko decodes names strictly as UTF-8
-        log.info("request refused: a name in the request is not valid UTF-8")
+        log.info("request refused: a name in the request is not valid UTF-8", extra=extra)
         return SFTP_FAILURE, "file names must be valid UTF-8"
-    log.error("unexpected error in an SFTP request", exc_info=exc)
+    log.error("unexpected error in an SFTP request", exc_info=exc, extra=extra)
     return SFTP_FAILURE, "internal server error"

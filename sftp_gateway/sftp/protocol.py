@@ -157,9 +157,12 @@ class GatewaySFTPServer(paramiko.SFTPServer):  # type: ignore[misc]
 
     def _refusal_fields(self, reason: str) -> dict[str, object]:
         """The connection's log context (conn, user, addr) for a `refused` event line."""
+        return {**self._connection_context(), **logs.fields("refused", reason=reason)}
+
+    def _connection_context(self) -> dict[str, object]:
+        """conn, user and addr of this session's connection, for its log lines."""
         conn_log = getattr(self.get_server(), "log", None)
-        context = conn_log.context if isinstance(conn_log, logs.ConnectionLog) else {}
-        return {**context, **logs.fields("refused", reason=reason)}
+        return conn_log.context if isinstance(conn_log, logs.ConnectionLog) else {}
 
     def _send_packet(self, t: int, packet: Message) -> None:
         """The reply is ready: from here on, a slow client is the client's idle time."""
@@ -192,7 +195,7 @@ class GatewaySFTPServer(paramiko.SFTPServer):  # type: ignore[misc]
         except UnicodeDecodeError:  # paramiko decodes every name strictly as UTF-8
             self._refuse(request_number, t, SFTP_FAILURE, "file names must be valid UTF-8")
         except Exception as exc:
-            code, text = status_for(exc)
+            code, text = status_for(exc, self._connection_context())
             self._send_status(request_number, code, text)
         finally:
             if activity is not None:
