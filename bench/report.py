@@ -85,6 +85,8 @@ def print_table(result: dict[str, Any]) -> None:
         )
         if spread := row.get("ratio_gateway_direct_spread"):
             print(f"{'':>8} gw/S3 per run: {spread[0]:.2f} .. {spread[1]:.2f}")
+        if (warm := row.get("peak_above_warm_mib")) is not None:
+            print(f"{'':>8} peak RSS above the RSS after a warm-up upload: {warm:.1f} MiB")
     for phase in ("concurrent", "small_files", "sessions", "workers"):
         if "error" in (result.get(phase) or {}):
             print(f"{phase}: failed: {result[phase]['error']}")
@@ -102,6 +104,8 @@ def print_table(result: dict[str, Any]) -> None:
             parts.append(f"gateway/direct {small['ratio_gateway_direct']:.2f} (target >= 0.6)")
         if cpu := small.get("gateway", {}).get("cpu_ms_per_file"):
             parts.append(f"gateway CPU {cpu:.1f} ms/file")
+        if ceiling := small.get("gateway", {}).get("machine_ceiling_per_s"):
+            parts.append(f"machine ceiling {ceiling:.0f}/s (gateway+S3+client CPU)")
         print(
             f"small files ({small['files']} x {small['size']} B, one session): " + ", ".join(parts)
         )

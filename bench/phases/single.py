@@ -12,7 +12,7 @@ from typing import Any
 from bench.clients import run_sftp, traced_put
 from bench.common import BENCH_USER, MIB, label_of
 from bench.files import make_pdf, sha256_file
-from bench.measure import cpu_seconds, gap, self_cpu, summarise_size
+from bench.measure import cpu_seconds, gap, self_cpu, status_kib, summarise_size
 from bench.phases.base import Bench
 from bench.servers import GatewayProc
 
@@ -94,6 +94,7 @@ def single_size(bench: Bench, size: int) -> dict[str, Any]:
     }
     gw = bench.launcher.restart()
     run_sftp(gw.port, BENCH_USER, bench.key, "ls\n", bench.args.ssh_opt)  # warm imports
+    warm_kib = warm_up(bench, gw) if bench.enabled("gateway") else None
     try:
         for i in range(bench.args.runs):
             if bench.enabled("direct"):
@@ -111,4 +112,19 @@ def single_size(bench: Bench, size: int) -> dict[str, Any]:
                 runs["latency"].append(tail_latency(bench, gw, src, remote, sha))
     finally:
         src.unlink(missing_ok=True)
-    return summarise_size(size, runs, gw.idle_rss_kib, hwm)
+    summary = summarise_size(size, runs, gw.idle_rss_kib, hwm)
+    if warm_kib is not None:
+        summary["warm_rss_mib"] = warm_kib / 1024
+        summary["peak_above_warm_mib"] = (hwm - warm_kib) / 1024
+    return summary
+
+
+def warm_up(bench: Bench, gw: GatewayProc) -> int:
+    """One 20 MB upload (3 parts: the sender's threads, the S3 connections, lazy imports
+    made once per process), then the RSS from which an upload's own memory counts."""
+    src = make_pdf(bench.work / "warm-up.pdf", 20_000_000)
+    try:
+        through_gateway(bench, gw, src, "/warm-up.pdf", sha256_file(src))
+    finally:
+        src.unlink(missing_ok=True)
+    return status_kib(gw.pid, "VmRSS")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 from bench.clients import run_sftp
 from bench.common import BENCH_USER, parse_size
 from bench.files import make_pdf
-from bench.measure import median
+from bench.measure import cpu_seconds, median
 from bench.phases.base import Bench
 
 
@@ -27,21 +28,29 @@ def small_files(bench: Bench) -> dict[str, Any]:
     direct = [count / direct_puts(bench, files, run) for run in range(bench.args.runs)]
     out["direct_s3"] = {"files_per_s": median(direct), "runs": direct}
     for target, port, user in bench.targets(gw):
-        rates, cpu_ms = [], []
+        rates, cpu_ms, machine_ms = [], [], []
         for run in range(bench.args.runs):
             base = f"/small-{run}" if target == "gateway" else f"{bench.sshd.root}/small-{run}"  # type: ignore[union-attr]
             lines = [f"mkdir {base}"] + [f"put {f} {base}/{f.name}" for f in files]
-            cpu_before = gw.cpu()
-            wall, _ = run_sftp(port, user, bench.key, "\n".join(lines) + "\n", bench.args.ssh_opt)
+            cpu_before, weed_before = gw.cpu(), cpu_seconds(bench.seaweed.pid)
+            script = "\n".join(lines) + "\n"
+            wall, client = run_sftp(port, user, bench.key, script, bench.args.ssh_opt)
             rates.append(count / wall)
             if target == "gateway":
-                cpu_ms.append(1000 * (gw.cpu() - cpu_before) / count)
+                gateway = gw.cpu() - cpu_before
+                weed = cpu_seconds(bench.seaweed.pid) - weed_before
+                cpu_ms.append(1000 * gateway / count)
+                machine_ms.append(1000 * (gateway + weed + client) / count)
                 bench.delete_prefix(f"incoming/{BENCH_USER}/small-{run}/")
             else:
                 shutil.rmtree(Path(base), ignore_errors=True)
         out[target] = {"files_per_s": median(rates), "runs": rates}
         if cpu_ms:
             out[target]["cpu_ms_per_file"] = median(cpu_ms)
+            # gateway + SeaweedFS + sftp client: the most files/s these cores could do
+            machine = median(machine_ms) or 1e-9
+            out[target]["machine_cpu_ms_per_file"] = machine
+            out[target]["machine_ceiling_per_s"] = (os.cpu_count() or 1) * 1000 / machine
     gateway_rate, direct_rate = out["gateway"]["files_per_s"], out["direct_s3"]["files_per_s"]
     if gateway_rate and direct_rate:
         out["ratio_gateway_direct"] = gateway_rate / direct_rate  # target >= 0.6
