@@ -66,11 +66,15 @@ class RecentListings:
         return Probe(view.files.get(name), name in view.dirs)
 
     def touched(self, key: str) -> None:
-        """This session changed `key` (wrote, removed, renamed): always ask S3 for it."""
+        """This session changed `key` (wrote, removed, renamed): always ask S3 for it,
+        and for the directories above it (a write into `a/b/` makes `a/b` exist)."""
         if not self._enabled:
             return
-        self._touched.add(key)
         self._views.pop(key + "/", None)  # it may have been a directory
+        path = key
+        while path:  # a directory's own listing stays: its touched names bypass it
+            self._touched.add(path)
+            path = path.rpartition("/")[0]
         if len(self._touched) > MAX_TOUCHED:
             self._enabled = False
             self._views.clear()

@@ -103,3 +103,25 @@ def test_zero_ttl_always_asks_s3() -> None:
     for i in range(10):
         recent.probe(f"{HOME}c-{i}.pdf")
     assert lookups(storage) == Counter(probe=10)
+
+
+def test_a_write_into_a_new_sub_directory_shows_that_directory_at_once() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    for i in range(BURST):
+        recent.probe(f"{HOME}d-{i}.pdf")  # the home is now listed, without `new`
+
+    recent.touched(f"{HOME}new/inner.pdf")  # the session uploads into new/
+    put(storage, f"{HOME}new/inner.pdf")
+
+    assert recent.probe(f"{HOME}new").is_dir
+
+
+def test_uploads_in_a_directory_keep_its_listing_for_the_next_names() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    for i in range(50):  # OpenSSH `put` of many files: STAT a name, then write it
+        assert not recent.probe(f"{HOME}batch/f-{i}.pdf").exists
+        recent.touched(f"{HOME}batch/f-{i}.pdf")
+        put(storage, f"{HOME}batch/f-{i}.pdf")
+    assert lookups(storage) == Counter(probe=BURST - 1, list_dir=1)
