@@ -33,7 +33,10 @@ def status_for(exc: BaseException, context: Mapping[str, object] | None = None) 
     `context`: the connection's log fields (conn, user, addr), so the line says who."""
     extra = dict(context or {})
     if isinstance(exc, errors.GatewayError):
-        log.info("request refused: %s", exc, extra=extra)
+        # A missing name is an answer, not a refusal: clients STAT every name they are
+        # about to upload, and a line per file would bury the refusals that matter.
+        level = logging.DEBUG if isinstance(exc, errors.NotFound) else logging.INFO
+        log.log(level, "request refused: %s", exc, extra=extra)
         for kind, code in _STATUS:
             if isinstance(exc, kind):
                 return code, str(exc)
