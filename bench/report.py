@@ -101,7 +101,11 @@ def print_table(result: dict[str, Any]) -> None:
     if small := result.get("small_files"):
         parts = [f"{k} {v['files_per_s']:.1f}/s" for k, v in small.items() if isinstance(v, dict)]
         if "ratio_gateway_direct" in small:
-            parts.append(f"gateway/direct {small['ratio_gateway_direct']:.2f} (target >= 0.6)")
+            spread = small.get("ratio_gateway_direct_spread") or [0, 0]
+            parts.append(
+                f"gateway/direct {small['ratio_gateway_direct']:.2f} per run "
+                f"{spread[0]:.2f}..{spread[1]:.2f} (target >= 0.6)"
+            )
         if cpu := small.get("gateway", {}).get("cpu_ms_per_file"):
             parts.append(f"gateway CPU {cpu:.1f} ms/file")
         if ceiling := small.get("gateway", {}).get("machine_ceiling_per_s"):
