@@ -107,7 +107,8 @@ def _event_record(row: OutboxRow) -> EventRecord:
 UPLOADS = cast(Table, UploadRow.__table__)
 OUTBOX = cast(Table, OutboxRow.__table__)
 USERS = cast(Table, UserRow.__table__)
-RECORD_COLUMNS = tuple(UPLOADS.c[field.name] for field in dataclasses.fields(UploadRecord))
+RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(UploadRecord))
+RECORD_COLUMNS = tuple(UPLOADS.c[name] for name in RECORD_FIELDS)
 # Built once: constructing a statement costs more CPU than running a cached one.
 UPLOAD_BY_ID = select(*RECORD_COLUMNS).where(UPLOADS.c.id == bindparam("match_id"))
 RESUMABLE_UPLOAD = (
@@ -158,6 +159,11 @@ USER_EMAIL = select(USERS.c.email).where(USERS.c.name == bindparam("match_name")
 FINISH_IF_STATUS = update(UPLOADS).where(
     UPLOADS.c.id == bindparam("match_id"), UPLOADS.c.status == bindparam("match_status")
 )
+
+
+def _row_values(record: UploadRecord) -> dict[str, Any]:
+    """The record's columns for an INSERT, shallow (dataclasses.asdict deep-copies)."""
+    return {name: getattr(record, name) for name in RECORD_FIELDS}
 
 
 def _record_of(row: RowMapping) -> UploadRecord:
@@ -321,7 +327,7 @@ class Catalog:
 
     def start_upload(self, record: UploadRecord) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert_into(UPLOADS), dataclasses.asdict(record))
+            conn.execute(insert_into(UPLOADS), _row_values(record))
 
     def update_upload(self, upload_id: str, **changes: Any) -> None:
         """Record progress (S3 upload id, parts, resume state) without emitting events."""
@@ -382,7 +388,7 @@ class Catalog:
         so an upload finished twice (its CLOSE and recovery) announces itself once."""
         with self.engine.begin() as conn:
             if insert is not None:
-                conn.execute(insert_into(UPLOADS), dataclasses.asdict(insert))
+                conn.execute(insert_into(UPLOADS), _row_values(insert))
             changed = self._set_final_state(conn, upload_id, status, only_if, changes)
             record = self._upload_in(conn, upload_id)
             if record is None:
