@@ -56,7 +56,7 @@ class RecentListings:
         if not self._enabled or key in self._touched:
             return self._storage.probe(key)
         parent, _, name = key.rpartition("/")
-        prefix = parent + "/"
+        prefix = parent + "/" if parent else ""  # "": a user whose home is the bucket's root
         now = self._clock()
         view = self._views.get(prefix)
         if view is None or now >= view.expires_at:

@@ -125,3 +125,13 @@ def test_uploads_in_a_directory_keep_its_listing_for_the_next_names() -> None:
         recent.touched(f"{HOME}batch/f-{i}.pdf")
         put(storage, f"{HOME}batch/f-{i}.pdf")
     assert lookups(storage) == Counter(probe=BURST - 1, list_dir=1)
+
+
+def test_names_at_the_bucket_root_are_listed_from_the_root() -> None:
+    storage, clock = counting_storage(), Clock()
+    put(storage, "top.pdf")
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    answers = [recent.probe(f"root-{i}.pdf") for i in range(BURST)]
+    assert not any(a.exists for a in answers)
+    assert recent.probe("top.pdf").file is not None
+    assert lookups(storage) == Counter(probe=BURST - 1, list_dir=1)
