@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import logging
 import os
 import shutil
@@ -46,6 +47,8 @@ from sftp_gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DRAIN_MARGIN = 15.0  # beyond drain_timeout: for sessions to close out their uploads
+STACKS_SIGNAL = signal.SIGUSR1  # a stuck worker writes its threads' stacks to stderr
+STACKS_WAIT = 0.5  # seconds for it to write them before SIGKILL
 RESTART_BACKOFF = Backoff(base=0.5, cap=30.0)
 HEALTHY_AFTER = 60.0  # a worker that lived this long starts its backoff over
 HOST_KEYS_WAIT = 60.0  # worker 0 generates missing host keys before the others start
@@ -181,6 +184,8 @@ def run_worker(settings: Settings, catalog: Any, spec: WorkerSpec) -> None:
     """Serve on the inherited socket until SIGTERM, then drain (Gateway.run)."""
     from sftp_gateway.app import Gateway
 
+    # A worker that does not stop in time shows where it is stuck before it is killed.
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)
     listener = socket.socket(fileno=spec.fd)
     mine = worker_settings(settings, spec.index, spec.count)
     gateway = Gateway(mine, catalog=catalog, listener=listener, host_jobs=False)
@@ -343,7 +348,13 @@ class Supervisor:
         while self._running() and time.monotonic() < deadline:
             time.sleep(0.1)
         for process in self._running():
-            log.warning("worker pid %d did not stop in time; killing it", process.pid)
+            log.warning(
+                "worker pid %d did not stop in time; its threads follow, then it is killed",
+                process.pid,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(STACKS_SIGNAL)  # faulthandler: every thread's stack
+            time.sleep(STACKS_WAIT)
             process.kill()
         for worker in self.workers:
             if worker.process is not None:
