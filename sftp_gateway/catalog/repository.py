@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy import insert as insert_into
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +28,6 @@ from sftp_gateway.records import (
     OutboxEvent,
     Principal,
     PublicKey,
-    ResumeState,
     UploadRecord,
     UploadStatus,
     UserRecord,
@@ -166,8 +165,9 @@ def _row_values(record: UploadRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in RECORD_FIELDS}
 
 
-def _record_of(row: RowMapping) -> UploadRecord:
-    """An UploadRecord from a Core row of RECORD_COLUMNS."""
+def _record_of(row: Mapping[Any, Any]) -> UploadRecord:
+    """An UploadRecord from a row's columns (a Core row of RECORD_COLUMNS, or an ORM
+    row's attributes): the one place that knows which of them are times."""
     values = dict(row)
     values["started_at"] = _aware(values["started_at"])
     values["completed_at"] = _aware(values["completed_at"])
@@ -175,31 +175,7 @@ def _record_of(row: RowMapping) -> UploadRecord:
 
 
 def _upload_record(row: UploadRow) -> UploadRecord:
-    return UploadRecord(
-        id=row.id,
-        user_name=row.user_name,
-        path=row.path,
-        bucket=row.bucket,
-        object_key=row.object_key,
-        status=row.status,
-        started_at=_aware(row.started_at),  # type: ignore[arg-type]
-        size=row.size,
-        sha256=row.sha256,
-        content_type=row.content_type,
-        key_fingerprint=row.key_fingerprint,
-        client_ip=row.client_ip,
-        client_version=row.client_version,
-        completed_at=_aware(row.completed_at),
-        s3_upload_id=row.s3_upload_id,
-        error=row.error,
-        mtime=row.mtime,
-        owner=row.owner,
-        parts=row.parts,
-        resume_state=cast("ResumeState | None", row.resume_state),  # a JSON column
-        stored_size=row.stored_size,
-        compression=row.compression,
-        link_id=row.link_id,
-    )
+    return _record_of({name: getattr(row, name) for name in RECORD_FIELDS})
 
 
 def _user_record(row: UserRow) -> UserRecord:
