@@ -3,6 +3,7 @@ and the summary of one file size's runs."""
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 from collections.abc import Sequence
@@ -60,6 +61,12 @@ def self_cpu() -> float:
 
 def median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def machine_ceiling_per_s(cpu_ms_each: float) -> float:
+    """How many of something costing `cpu_ms_each` of CPU (server, S3, clients together)
+    this machine's cores could do per second, busy with nothing else."""
+    return (os.cpu_count() or 1) * 1000 / cpu_ms_each
 
 
 def per_gib(cpu: float, size: int) -> float:

@@ -3,13 +3,12 @@ disconnect), sequentially and --session-parallel at a time; server CPU per sessi
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.clients import run_sftp
-from bench.measure import children_cpu, median
+from bench.measure import children_cpu, machine_ceiling_per_s, median
 from bench.phases.base import Bench
 
 
@@ -44,6 +43,6 @@ def sessions(bench: Bench) -> dict[str, Any]:
             # sftp + ssh processes; with the server's, what one session costs the machine:
             # all cores busy with nothing else would run at most this many per second.
             "client_cpu_ms_per_session": client_ms,
-            "machine_ceiling_per_s": (os.cpu_count() or 1) * 1000 / (server_ms + client_ms),
+            "machine_ceiling_per_s": machine_ceiling_per_s(server_ms + client_ms),
         }
     return out

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from bench.clients import run_sftp
 from bench.common import BENCH_USER, parse_size
 from bench.files import make_pdf
-from bench.measure import cpu_seconds, median
+from bench.measure import cpu_seconds, machine_ceiling_per_s, median
 from bench.phases.base import Bench
 from bench.servers import GatewayProc
 
@@ -38,7 +37,7 @@ def small_files(bench: Bench) -> dict[str, Any]:
         out[target]["runs"] = [m["files_per_s"] for m in measured]
     if machine := out["gateway"].get("machine_cpu_ms_per_file"):
         # gateway + SeaweedFS + sftp client: the most files/s these cores could do
-        out["gateway"]["machine_ceiling_per_s"] = (os.cpu_count() or 1) * 1000 / machine
+        out["gateway"]["machine_ceiling_per_s"] = machine_ceiling_per_s(machine)
     pairs = zip(runs["gateway"], runs["direct_s3"], strict=True)
     ratios = [g["files_per_s"] / d["files_per_s"] for g, d in pairs]
     out["ratio_gateway_direct"] = median(ratios)  # target >= 0.6
