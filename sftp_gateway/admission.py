@@ -41,6 +41,7 @@ BAN_CACHE_SECONDS = 2.0  # a ban set by another instance (or lifted) applies wit
 SWEEP_SECONDS = 0.25  # how often ended and newly authenticated connections are noticed
 PURGE_SECONDS = 300.0  # how often expired bans and scores are deleted
 SCORE_QUEUE = 1000  # scores waiting to be written; beyond it they are dropped
+_WAKE = ("", 0, "stop")  # put by stop(): the ban worker's wait ends at once
 
 INVALID_USER = "invalid_user"
 FAILED_KEY = "failed_key"
@@ -184,6 +185,8 @@ class Admission:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        with contextlib.suppress(queue.Full):  # a full queue: the worker is not waiting
+            self._scores.put_nowait(_WAKE)
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -376,7 +379,8 @@ class Admission:
             except queue.Empty:
                 pass
             else:
-                self._record_score(*item)
+                if item is not _WAKE:
+                    self._record_score(*item)
             now = time.monotonic()
             if now >= next_refresh:
                 self._refresh_bans()

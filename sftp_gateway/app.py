@@ -164,6 +164,7 @@ class Gateway:
         """Stop accepting, wait up to drain_timeout for uploads with bytes in flight (not
         for handles left idle), then close every connection: each session closes out its
         uploads (interrupted, resumable), and the parts sender stays until they have."""
+        began = time.monotonic()
         self._stopping.set()
         if self._listener is not None:
             self._listener.close()
@@ -185,6 +186,7 @@ class Gateway:
         for worker in reversed(self.background):
             worker.stop()
         self.uploads.close()
+        log.info("stopped after %.1f s", time.monotonic() - began)
 
     # -- connections -----------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -201,6 +202,24 @@ def run_worker(settings: Settings, catalog: Any, spec: WorkerSpec) -> None:
         )
 
     gateway.run(on_started=started)
+    exit_after_drain(spec.index)
+
+
+def exit_after_drain(index: int) -> None:
+    """End a drained worker now: its uploads are closed out and its rows written, so
+    nothing is left for the interpreter's teardown to wait for. A thread that is still
+    not a daemon is named (a teardown would join it and hang past the supervisor's
+    deadline); then logs are flushed and the process exits 0."""
+    lingering = [
+        thread.name
+        for thread in threading.enumerate()
+        if not thread.daemon and thread is not threading.main_thread() and thread.is_alive()
+    ]
+    if lingering:
+        log.warning("worker %d: threads still running at exit: %s", index, ", ".join(lingering))
+    log.info("worker %d (pid %d) stopped", index, os.getpid())
+    logging.shutdown()
+    os._exit(0)
 
 
 # -- the supervisor side -----------------------------------------------------------------
