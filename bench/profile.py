@@ -247,6 +247,8 @@ def record(args: argparse.Namespace) -> int:
             spy.append("--native")
         if args.gil:
             spy.append("--gil")
+        if args.idle:  # wall time: where each thread waits as well as where it works
+            spy.append("--idle")
         profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
         threads = ThreadCPU(gw.pid)
@@ -299,6 +301,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames")
     parser.add_argument("--gil", action="store_true", help="only the thread holding the GIL")
+    parser.add_argument("--idle", action="store_true", help="idle samples too (wall time)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--ssh-opt", action="append", default=[])
     parser.add_argument("--git-ref")

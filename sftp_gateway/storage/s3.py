@@ -24,6 +24,7 @@ from sftp_gateway.s3limits import MAX_SINGLE_COPY
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 from sftp_gateway.storage.botocompat import cache_endpoints_per_bucket
 from sftp_gateway.storage.checksums import ChecksumRefused, FullObjectChecksum, crc64nvme_b64
+from sftp_gateway.storage.crt import CrtPutObject
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,6 +126,9 @@ class S3Storage:
         self._full_object = FullObjectChecksum(
             config.full_object_checksum, config.endpoint_url or "S3"
         )
+        self._put_object: Callable[..., Any] = self.client.put_object
+        if config.put_client == "crt":
+            self._put_object = CrtPutObject(self.client, self.bucket, config).put_object
 
     @property
     def full_object_checksum(self) -> bool:
@@ -256,7 +260,7 @@ class S3Storage:
         full-object checksum it carries a CRC64NVME (a refusal in `auto`: sent again
         with the CRC32 of storage.part_checksums)."""
         put = partial(
-            self.client.put_object,
+            self._put_object,
             Key=key,
             Body=body,
             Metadata=metadata,

@@ -1,0 +1,154 @@
+"""Single-object PUTs through the AWS Common Runtime's S3 client (`storage.put_client: crt`).
+
+Most files a gateway receives in bursts are small: one PutObject each. botocore spends
+about 1.5 ms of CPU building, signing, sending and parsing that request, on the thread
+that must answer the client's CLOSE; awscrt's S3Client does the same in native code for
+about 0.4 ms (measured side by side on SeaweedFS with 100 KB bodies: 1.49 against 0.42
+ms of CPU, 3.3 against 2.3 ms of wall time per PUT).
+
+Only PutObject goes this way, with the parameters `S3Storage.put` builds, and it keeps
+botocore's contract: the same parameters in, `ClientError` out, so the one place that
+turns S3 errors into gateway errors (`storage.s3.translated`) and the full-object
+checksum fallback see no difference. Where the request goes (endpoint, addressing
+style, dual-stack, acceleration) is botocore's answer, asked once; the
+credentials are botocore's, refreshed as botocore refreshes them.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+
+from awscrt.exceptions import AwsCrtError
+from awscrt.http import HttpHeaders, HttpRequest
+from awscrt.io import (
+    ClientBootstrap,
+    ClientTlsContext,
+    DefaultHostResolver,
+    EventLoopGroup,
+    TlsContextOptions,
+)
+from awscrt.s3 import (
+    S3Client,
+    S3RequestTlsMode,
+    S3RequestType,
+    S3ResponseError,
+    S3RetryConfig,
+)
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from s3transfer.crt import BotocoreCRTCredentialsWrapper
+
+from sftp_gateway import metrics
+from sftp_gateway.config import StorageConfig
+
+OPERATION = "PutObject"
+_PROBE_KEY = "k"  # the key of the one presigned URL that tells where requests go
+
+# botocore's PutObject parameters -> their HTTP headers (those S3Storage.put sends).
+_HEADERS = {
+    "ContentType": "Content-Type",
+    "ContentEncoding": "Content-Encoding",
+    "Tagging": "x-amz-tagging",
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    "ChecksumCRC32": "x-amz-checksum-crc32",
+    "ChecksumCRC64NVME": "x-amz-checksum-crc64nvme",
+}
+
+
+class CrtPutObject:
+    """`put_object(Bucket=, Key=, Body=, ...)` as botocore's, sent by awscrt."""
+
+    def __init__(self, botocore_client: Any, bucket: str, config: StorageConfig) -> None:
+        self._bucket = bucket
+        self._timeout = config.connect_timeout + config.read_timeout
+        url = urlsplit(
+            botocore_client.generate_presigned_url(
+                "put_object", Params={"Bucket": bucket, "Key": _PROBE_KEY}, ExpiresIn=60
+            )
+        )
+        self._host = url.netloc
+        self._path_prefix = url.path[: -len(_PROBE_KEY)]  # "/bucket/" or "/" (virtual host)
+        region = botocore_client.meta.region_name  # storage.region: the bucket's own
+        credentials = BotocoreCRTCredentialsWrapper(botocore_client._get_credentials())
+        loop = EventLoopGroup(1)
+        secure = url.scheme == "https"
+        self._client = S3Client(
+            bootstrap=ClientBootstrap(loop, DefaultHostResolver(loop)),
+            region=region,
+            tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
+            tls_connection_options=(
+                ClientTlsContext(TlsContextOptions()).new_connection_options() if secure else None
+            ),
+            credential_provider=credentials.to_crt_credentials_provider(),
+            part_size=config.part_size,
+            multipart_upload_threshold=5 * 2**30,  # always one PUT: bodies are one part
+            retry_config=S3RetryConfig(max_retries=config.max_attempts - 1),
+            connect_timeout_ms=int(config.connect_timeout * 1000),
+        )
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, **params: Any) -> dict[str, Any]:
+        """Send one PutObject; S3's refusal is a ClientError with S3's error code."""
+        if Bucket != self._bucket:
+            raise ValueError(f"this client sends to {self._bucket}, not {Bucket}")
+        request = HttpRequest(
+            "PUT",
+            self._path_prefix + quote(Key, safe="/~"),
+            HttpHeaders(self._headers(len(Body), params)),
+            io.BytesIO(Body),
+        )
+        started = time.perf_counter()
+        status: dict[str, Any] = {}
+        try:
+            sent = self._client.make_request(
+                type=S3RequestType.PUT_OBJECT,
+                request=request,
+                on_headers=lambda status_code, headers, **_: status.update(headers=headers),
+            )
+            sent.finished_future.result(timeout=self._timeout)
+        except S3ResponseError as exc:
+            metrics.s3_request_errors.labels(OPERATION, str(exc.status_code)).inc()
+            raise _client_error(exc) from exc
+        except AwsCrtError as exc:
+            metrics.s3_request_errors.labels(OPERATION, exc.name).inc()
+            raise EndpointConnectionError(endpoint_url=f"{self._host} ({exc.name})") from exc
+        except TimeoutError as exc:
+            sent.cancel()
+            metrics.s3_request_errors.labels(OPERATION, "Timeout").inc()
+            raise ReadTimeoutError(endpoint_url=self._host) from exc
+        finally:
+            metrics.s3_request_seconds.labels(OPERATION).observe(time.perf_counter() - started)
+        headers = dict((name.lower(), value) for name, value in status.get("headers", []))
+        return {"ETag": headers.get("etag", ""), "VersionId": headers.get("x-amz-version-id")}
+
+    def _headers(self, length: int, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        headers = [("Host", self._host), ("Content-Length", str(length))]
+        for name, value in params.items():
+            if name == "Metadata":
+                headers += [(f"x-amz-meta-{key}", str(v)) for key, v in value.items()]
+            elif name in _HEADERS:
+                headers.append((_HEADERS[name], str(value)))
+            else:  # a parameter this path does not know must not be dropped silently
+                raise TypeError(f"CrtPutObject: unsupported PutObject parameter {name}")
+        return headers
+
+
+def _client_error(exc: S3ResponseError) -> ClientError:
+    """S3's XML error as botocore would have parsed it."""
+    code, message = str(exc.status_code), exc.message
+    if exc.body:
+        try:
+            root = ElementTree.fromstring(exc.body)
+            code = root.findtext("Code") or code
+            message = root.findtext("Message") or message
+        except ElementTree.ParseError:
+            pass
+    response: Any = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": exc.status_code},
+    }
+    return ClientError(response, OPERATION)

