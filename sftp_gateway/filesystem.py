@@ -96,7 +96,13 @@ class UserFilesystem:
         self.uploader = Uploader(settings, storage, catalog, principal, client, services)
         self.jail = Jail.for_home(settings.storage.prefix, principal.home)
         # STATs in bursts (a client checking each name before its upload): one listing
-        self.recent = RecentListings(storage, settings.storage.stat_cache_seconds)
+        bucket = storage.bucket
+        self.recent: RecentListings[UploadRecord] = RecentListings(
+            storage,
+            settings.storage.stat_cache_seconds,
+            resumable_one=lambda key: catalog.interrupted_upload(bucket, key),
+            resumable_under=lambda prefix: catalog.resumable_under(bucket, prefix),
+        )
 
     # -- looking ---------------------------------------------------------------------
 
@@ -114,7 +120,7 @@ class UserFilesystem:
         writer = self.active.get(key)
         if writer is not None:
             return FileStat(name, False, writer.size, writer.mtime or _epoch(writer.started_at))
-        partial = self.catalog.interrupted_upload(self.storage.bucket, key)
+        partial = self.recent.resumable(key)
         if partial is not None:  # resumable: clients resume from this size
             return FileStat(name, False, partial.size, partial.mtime or _epoch(partial.started_at))
         probe = self.recent.probe(key)

@@ -6,10 +6,15 @@ about a third of the gateway's CPU for a 100 KB file. When a session STATs sever
 names of one directory within `ttl` seconds, one listing of that directory answers
 the following STATs until it is `ttl` old.
 
+The view also holds the directory's resumable uploads (the catalog's, read with the
+listing), which a STAT shows at their resumable size: one query per listing, not one
+per name.
+
 What it may get wrong, and why that is bounded: another session's change to a name in
-that directory can be seen up to `ttl` seconds late by this session's STAT. This
-session's own changes never are: every name it writes, removes or renames bypasses the
-view from then on. Directories larger than one listing page are never cached.
+that directory (an object or a resumable upload) can be seen up to `ttl` seconds late
+by this session's STAT. This session's own changes never are: every name it writes,
+removes or renames bypasses the view from then on. An OPEN always asks the catalog
+itself. Directories larger than one listing page are never cached.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from sftp_gateway.storage.base import ObjectInfo, Probe, Storage
+
+R = TypeVar("R")  # what the catalog says of a resumable upload
 
 BURST = 3  # misses in one directory within ttl before it is listed once
 MAX_ENTRIES = 1000  # one ListObjectsV2 page; a larger directory is always asked per name
@@ -28,26 +36,40 @@ LARGE_DIRECTORY_SECONDS = 60.0  # how long a too-large directory is not listed a
 
 
 @dataclass
-class _View:
+class _View(Generic[R]):
     """One directory's entries as listed until `expires_at`, or its recent misses."""
 
     expires_at: float = 0.0
     files: dict[str, ObjectInfo] | None = None  # None: not listed (too large, or not yet)
     dirs: frozenset[str] = frozenset()
+    resumable: dict[str, R] = field(default_factory=dict)  # key -> its resumable upload
     misses: list[float] = field(default_factory=list)
 
 
-class RecentListings:
-    """Answers `probe(key)` from a recent listing of the key's directory when the
-    session is STATing that directory in a burst, else from S3."""
+def _none_resumable(_prefix: str) -> dict[str, object]:
+    return {}
+
+
+class RecentListings(Generic[R]):
+    """Answers `probe(key)` and `resumable(key)` from a recent listing of the key's
+    directory when the session is STATing that directory in a burst, else from S3 and
+    the catalog (`resumable_one(key)`, `resumable_under(prefix)`)."""
 
     def __init__(
-        self, storage: Storage, ttl: float, clock: Callable[[], float] = time.monotonic
+        self,
+        storage: Storage,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        resumable_one: Callable[[str], R | None] = lambda _key: None,
+        resumable_under: Callable[[str], dict[str, R]] = _none_resumable,  # type: ignore[assignment]
     ) -> None:
         self._storage = storage
         self._ttl = ttl
         self._clock = clock
-        self._views: dict[str, _View] = {}
+        self._resumable_one = resumable_one
+        self._resumable_under = resumable_under
+        self._views: dict[str, _View[R]] = {}
         self._touched: set[str] = set()
         self._enabled = ttl > 0
 
@@ -65,6 +87,16 @@ class RecentListings:
             return self._storage.probe(key)
         return Probe(view.files.get(name), name in view.dirs)
 
+    def resumable(self, key: str) -> R | None:
+        """The key's resumable upload, from the directory's fresh listing if it has one
+        (call before `probe`, which is what lists a directory)."""
+        if self._enabled and key not in self._touched:
+            parent = key.rpartition("/")[0]
+            view = self._views.get(parent + "/" if parent else "")
+            if view is not None and view.files is not None and self._clock() < view.expires_at:
+                return view.resumable.get(key)
+        return self._resumable_one(key)
+
     def touched(self, key: str) -> None:
         """This session changed `key` (wrote, removed, renamed): always ask S3 for it,
         and for the directories above it (a write into `a/b/` makes `a/b` exist)."""
@@ -80,7 +112,7 @@ class RecentListings:
             self._views.clear()
             self._touched.clear()
 
-    def _refresh(self, prefix: str, view: _View | None, now: float) -> _View:
+    def _refresh(self, prefix: str, view: _View[R] | None, now: float) -> _View[R]:
         """Count a miss; list the directory once misses come in a burst."""
         misses = [t for t in (view.misses if view else []) if now - t < self._ttl]
         misses.append(now)
@@ -88,7 +120,7 @@ class RecentListings:
         self._views[prefix] = fresh
         return fresh
 
-    def _list(self, prefix: str, now: float) -> _View:
+    def _list(self, prefix: str, now: float) -> _View[R]:
         entries = list(itertools.islice(self._storage.list_dir(prefix), MAX_ENTRIES + 1))
         if len(entries) > MAX_ENTRIES:
             return _View(expires_at=now + max(self._ttl, LARGE_DIRECTORY_SECONDS))
@@ -96,4 +128,5 @@ class RecentListings:
             e.name: ObjectInfo(prefix + e.name, e.size, e.modified) for e in entries if not e.is_dir
         }
         dirs = frozenset(e.name for e in entries if e.is_dir)
-        return _View(expires_at=now + self._ttl, files=files, dirs=dirs)
+        resumable = self._resumable_under(prefix)
+        return _View(expires_at=now + self._ttl, files=files, dirs=dirs, resumable=resumable)

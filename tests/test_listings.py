@@ -135,3 +135,66 @@ def test_names_at_the_bucket_root_are_listed_from_the_root() -> None:
     assert not any(a.exists for a in answers)
     assert recent.probe("top.pdf").file is not None
     assert lookups(storage) == Counter(probe=BURST - 1, list_dir=1)
+
+
+class ResumableCatalog:
+    """What the catalog says of resumable uploads, counting each kind of question."""
+
+    def __init__(self) -> None:
+        self.uploads: dict[str, str] = {}
+        self.asked: Counter[str] = Counter()
+
+    def one(self, key: str) -> str | None:
+        self.asked["one"] += 1
+        return self.uploads.get(key)
+
+    def under(self, prefix: str) -> dict[str, str]:
+        self.asked["under"] += 1
+        return {k: v for k, v in self.uploads.items() if k.startswith(prefix)}
+
+
+def with_catalog(clock: Clock) -> tuple[RecentListings[str], ResumableCatalog]:
+    catalog = ResumableCatalog()
+    recent = RecentListings(
+        counting_storage(),
+        ttl=2.0,
+        clock=clock,
+        resumable_one=catalog.one,
+        resumable_under=catalog.under,
+    )
+    return recent, catalog
+
+
+def stat(recent: RecentListings[str], key: str) -> str | None:
+    """What the gateway's STAT asks, in its order: a resumable upload, then S3."""
+    found = recent.resumable(key)
+    recent.probe(key)
+    return found
+
+
+def test_a_burst_of_stats_asks_the_catalog_once_per_listing_for_resumable_uploads() -> None:
+    clock = Clock()
+    recent, catalog = with_catalog(clock)
+    catalog.uploads[f"{HOME}half.pdf"] = "half"
+
+    answers = [stat(recent, f"{HOME}new-{i}.pdf") for i in range(50)]
+
+    assert answers == [None] * 50
+    assert stat(recent, f"{HOME}half.pdf") == "half"
+    assert catalog.asked == Counter(one=BURST, under=1)
+
+
+def test_the_sessions_own_names_and_a_stale_view_ask_the_catalog_itself() -> None:
+    clock = Clock()
+    recent, catalog = with_catalog(clock)
+    for i in range(BURST):
+        stat(recent, f"{HOME}a-{i}.pdf")
+    catalog.asked.clear()
+
+    recent.touched(f"{HOME}a-1.pdf")  # its own upload of a-1 was cut: now resumable
+    catalog.uploads[f"{HOME}a-1.pdf"] = "mine"
+    catalog.uploads[f"{HOME}other.pdf"] = "another session's"
+    assert stat(recent, f"{HOME}a-1.pdf") == "mine"
+    assert stat(recent, f"{HOME}other.pdf") is None  # at most ttl late
+    clock.now += 2.0
+    assert stat(recent, f"{HOME}other.pdf") == "another session's"

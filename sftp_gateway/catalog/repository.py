@@ -110,18 +110,28 @@ RECORD_FIELDS = tuple(field.name for field in dataclasses.fields(UploadRecord))
 RECORD_COLUMNS = tuple(UPLOADS.c[name] for name in RECORD_FIELDS)
 # Built once: constructing a statement costs more CPU than running a cached one.
 UPLOAD_BY_ID = select(*RECORD_COLUMNS).where(UPLOADS.c.id == bindparam("match_id"))
+RESUMABLE = or_(  # interrupted, or being resumed under a lease
+    UPLOADS.c.status == INTERRUPTED,
+    and_(UPLOADS.c.status == IN_PROGRESS, UPLOADS.c.lease_owner.isnot(None)),
+)
 RESUMABLE_UPLOAD = (
     select(*RECORD_COLUMNS)
     .where(
         UPLOADS.c.bucket == bindparam("match_bucket"),
         UPLOADS.c.object_key == bindparam("match_key"),
-        or_(
-            UPLOADS.c.status == INTERRUPTED,
-            and_(UPLOADS.c.status == IN_PROGRESS, UPLOADS.c.lease_owner.isnot(None)),
-        ),
+        RESUMABLE,
     )
     .order_by(UPLOADS.c.started_at.desc())
     .limit(1)
+)
+RESUMABLE_UNDER = (
+    select(*RECORD_COLUMNS)
+    .where(
+        UPLOADS.c.bucket == bindparam("match_bucket"),
+        UPLOADS.c.object_key.like(bindparam("match_pattern"), escape="\\"),
+        RESUMABLE,
+    )
+    .order_by(UPLOADS.c.started_at)
 )
 COMPLETED_UPLOADS = (
     select(*RECORD_COLUMNS)
@@ -163,6 +173,11 @@ FINISH_IF_STATUS = update(UPLOADS).where(
 def _row_values(record: UploadRecord) -> dict[str, Any]:
     """The record's columns for an INSERT, shallow (dataclasses.asdict deep-copies)."""
     return {name: getattr(record, name) for name in RECORD_FIELDS}
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern for keys starting with `prefix` (its wildcards escaped)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _record_of(row: Mapping[Any, Any]) -> UploadRecord:
@@ -465,11 +480,17 @@ class Catalog:
 
     def interrupted_under(self, bucket: str, prefix: str) -> list[UploadRecord]:
         """Resumable uploads whose key lies under `prefix` (listed as partial files)."""
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        params = {"match_bucket": bucket, "match_pattern": escaped + "%"}
+        params = {"match_bucket": bucket, "match_pattern": _like_prefix(prefix)}
         with self.engine.connect() as conn:
             rows = conn.execute(INTERRUPTED_UNDER, params).mappings().all()
         return [_record_of(row) for row in rows]
+
+    def resumable_under(self, bucket: str, prefix: str) -> dict[str, UploadRecord]:
+        """`interrupted_upload` of every key under `prefix` at once: key -> the newest."""
+        params = {"match_bucket": bucket, "match_pattern": _like_prefix(prefix)}
+        with self.engine.connect() as conn:
+            rows = conn.execute(RESUMABLE_UNDER, params).mappings().all()
+        return {row["object_key"]: _record_of(row) for row in rows}  # oldest first
 
     def latest_completed(self, bucket: str, keys: Sequence[str]) -> dict[str, UploadRecord]:
         """The newest completed upload of each key, for mtimes set by SETSTAT."""
