@@ -16,7 +16,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sftp_gateway.config import settings_from_dict
-from sftp_gateway.errors import StorageError
+from sftp_gateway.errors import ConfigError, StorageError
+from sftp_gateway.storage.crt import refuse_what_crt_ignores
 from sftp_gateway.storage.s3 import S3Storage
 from tests.helpers import RunningGateway, free_port, make_pdf
 from tests.seaweed import SeaweedServer, weed_binary
@@ -100,3 +101,10 @@ def test_a_parameter_the_crt_path_does_not_send_is_refused_not_dropped(
     storage = crt_storage(seaweed.endpoint, seaweed.create_bucket(), seaweed.client())
     with pytest.raises(TypeError, match="ACL"):
         storage._put_object(Bucket=storage.bucket, Key="c.pdf", Body=b"%PDF-3", ACL="private")
+
+
+def test_a_proxy_that_the_crt_client_would_ignore_is_refused_at_start() -> None:
+    refuse_what_crt_ignores({"NO_PROXY": "localhost", "AWS_CA_BUNDLE": "/etc/ssl/certs/x.pem"})
+    for name in ("HTTPS_PROXY", "http_proxy"):
+        with pytest.raises(ConfigError, match=rf"storage\.put_client: crt does not follow {name}"):
+            refuse_what_crt_ignores({name: "x"})

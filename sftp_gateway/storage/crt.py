@@ -17,6 +17,7 @@ credentials are botocore's, refreshed as botocore refreshes them.
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from awscrt.io import (
     ClientTlsContext,
     DefaultHostResolver,
     EventLoopGroup,
+    TlsConnectionOptions,
     TlsContextOptions,
 )
 from awscrt.s3 import (
@@ -44,8 +46,12 @@ from s3transfer.crt import BotocoreCRTCredentialsWrapper
 
 from sftp_gateway import metrics
 from sftp_gateway.config import StorageConfig
+from sftp_gateway.errors import ConfigError
 
 OPERATION = "PutObject"
+# What botocore takes from the environment and awscrt's S3 client does not.
+IGNORED_ENVIRONMENT = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+CA_BUNDLE_ENVIRONMENT = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE")  # trusted as botocore does
 _PROBE_KEY = "k"  # the key of the one presigned URL that tells where requests go
 
 # botocore's PutObject parameters -> their HTTP headers (those S3Storage.put sends).
@@ -64,6 +70,7 @@ class CrtPutObject:
     """`put_object(Bucket=, Key=, Body=, ...)` as botocore's, sent by awscrt."""
 
     def __init__(self, botocore_client: Any, bucket: str, config: StorageConfig) -> None:
+        refuse_what_crt_ignores(os.environ)
         self._bucket = bucket
         self._timeout = config.connect_timeout + config.read_timeout
         url = urlsplit(
@@ -81,9 +88,7 @@ class CrtPutObject:
             bootstrap=ClientBootstrap(loop, DefaultHostResolver(loop)),
             region=region,
             tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
-            tls_connection_options=(
-                ClientTlsContext(TlsContextOptions()).new_connection_options() if secure else None
-            ),
+            tls_connection_options=_tls_options(os.environ) if secure else None,
             credential_provider=credentials.to_crt_credentials_provider(),
             part_size=config.part_size,
             multipart_upload_threshold=5 * 2**30,  # always one PUT: bodies are one part
@@ -135,6 +140,26 @@ class CrtPutObject:
             else:  # a parameter this path does not know must not be dropped silently
                 raise TypeError(f"CrtPutObject: unsupported PutObject parameter {name}")
         return headers
+
+
+def _tls_options(environ: Mapping[str, str]) -> TlsConnectionOptions:
+    """The system's trust store, or the CA bundle the environment names for botocore."""
+    options = TlsContextOptions()
+    bundle = next((environ[name] for name in CA_BUNDLE_ENVIRONMENT if environ.get(name)), None)
+    if bundle:
+        options.override_default_trust_store_from_path(ca_filepath=bundle)
+    return ClientTlsContext(options).new_connection_options()
+
+
+def refuse_what_crt_ignores(environ: Mapping[str, str]) -> None:
+    """botocore follows a proxy from the environment; this path would not (small files
+    would bypass it, or fail where only the proxy reaches S3): refuse at start."""
+    ignored = [name for name in IGNORED_ENVIRONMENT if environ.get(name)]
+    if ignored:
+        raise ConfigError(
+            f"storage.put_client: crt does not follow {', '.join(ignored)};"
+            " use put_client: botocore here"
+        )
 
 
 def _client_error(exc: S3ResponseError) -> ClientError:
