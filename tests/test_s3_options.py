@@ -60,8 +60,15 @@ def test_sse_kms_key_reaches_small_multipart_and_renamed_objects_without_any_acl
     running = gateway_factory(
         {
             "uploads": {"allowed_extensions": []},
-            # 5 MiB copy parts: renaming the 30 MB file is a multipart copy.
-            "storage": {"sse": "aws:kms", "kms_key_id": kms_key, "copy_part_size": "5MiB"},
+            # 5 MiB copy parts: renaming the 30 MB file is a multipart copy. botocore
+            # sends every request here, so all of them are recorded (the CRT path's own
+            # SSE test is in test_crt_put.py).
+            "storage": {
+                "sse": "aws:kms",
+                "kms_key_id": kms_key,
+                "copy_part_size": "5MiB",
+                "put_client": "botocore",
+            },
         }
     )
     running.storage.client.put_bucket_ownership_controls(

@@ -17,6 +17,7 @@ credentials are botocore's, refreshed as botocore refreshes them.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ from sftp_gateway import metrics
 from sftp_gateway.config import StorageConfig
 from sftp_gateway.errors import ConfigError
 
+log = logging.getLogger(__name__)
 OPERATION = "PutObject"
 # What botocore takes from the environment and awscrt's S3 client does not.
 IGNORED_ENVIRONMENT = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
@@ -70,7 +72,6 @@ class CrtPutObject:
     """`put_object(Bucket=, Key=, Body=, ...)` as botocore's, sent by awscrt."""
 
     def __init__(self, botocore_client: Any, bucket: str, config: StorageConfig) -> None:
-        refuse_what_crt_ignores(os.environ)
         self._bucket = bucket
         self._timeout = config.connect_timeout + config.read_timeout
         url = urlsplit(
@@ -149,6 +150,20 @@ def _tls_options(environ: Mapping[str, str]) -> TlsConnectionOptions:
     if bundle:
         options.override_default_trust_store_from_path(ca_filepath=bundle)
     return ClientTlsContext(options).new_connection_options()
+
+
+def uses_crt(setting: str, environ: Mapping[str, str]) -> bool:
+    """Whether small files' PUTs go through awscrt (storage.put_client); `crt` where it
+    cannot work is a ConfigError, `auto` then quietly stays with botocore."""
+    if setting == "crt":
+        refuse_what_crt_ignores(environ)
+        return True
+    if setting == "auto":
+        proxies = [name for name in IGNORED_ENVIRONMENT if environ.get(name)]
+        if proxies:
+            log.info("storage.put_client auto: botocore, which follows %s", proxies[0])
+        return not proxies
+    return False
 
 
 def refuse_what_crt_ignores(environ: Mapping[str, str]) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -24,7 +25,7 @@ from sftp_gateway.s3limits import MAX_SINGLE_COPY
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 from sftp_gateway.storage.botocompat import cache_endpoints_per_bucket
 from sftp_gateway.storage.checksums import ChecksumRefused, FullObjectChecksum, crc64nvme_b64
-from sftp_gateway.storage.crt import CrtPutObject
+from sftp_gateway.storage.crt import CrtPutObject, uses_crt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,9 +127,15 @@ class S3Storage:
         self._full_object = FullObjectChecksum(
             config.full_object_checksum, config.endpoint_url or "S3"
         )
-        self._put_object: Callable[..., Any] = self.client.put_object
-        if config.put_client == "crt":
-            self._put_object = CrtPutObject(self.client, self.bucket, config).put_object
+        self._crt_puts = uses_crt(config.put_client, os.environ)
+
+    @cached_property
+    def _put_object(self) -> Callable[..., Any]:
+        """PutObject, by awscrt or botocore (storage.put_client); built at the first PUT,
+        so a storage that never PUTs starts no CRT thread."""
+        if self._crt_puts:
+            return CrtPutObject(self.client, self.bucket, self._config).put_object
+        return cast("Callable[..., Any]", self.client.put_object)
 
     @property
     def full_object_checksum(self) -> bool:
