@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from awscrt.s3 import S3ResponseError
 from botocore.exceptions import ClientError
 
 from sftp_gateway.config import settings_from_dict
@@ -139,3 +142,43 @@ def test_a_small_file_sent_by_crt_carries_the_sse_kms_key(
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms_key)
     assert gw.object_sha256(gw.key_for("secret.pdf")) == sha256_file(source)
     assert sent_by_botocore == []
+
+
+class RedirectingCrt:
+    """awscrt's answer for a bucket in another region (S3's 301 and its header)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def make_request(self, **_: object) -> object:
+        self.requests += 1
+        error = S3ResponseError(
+            code=14343,
+            name="AWS_ERROR_S3_INVALID_RESPONSE_STATUS",
+            message="Invalid response status from request",
+            status_code=301,
+            headers=[("x-amz-bucket-region", "eu-west-1")],
+            body=b"<Error><Code>PermanentRedirect</Code></Error>",
+        )
+        failed: Future[None] = Future()
+        failed.set_exception(error)
+        return SimpleNamespace(finished_future=failed)
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
+def test_a_bucket_in_another_region_sends_small_files_through_botocore(
+    seaweed: SeaweedServer,
+) -> None:
+    storage = crt_storage(seaweed.endpoint, seaweed.create_bucket(), seaweed.client())
+    crt = storage._put_object.__self__  # type: ignore[attr-defined]
+    crt._client = redirecting = RedirectingCrt()
+    sent_by_botocore = botocore_puts(storage)
+
+    for name in ("a.pdf", "b.pdf"):
+        storage.put(name, b"%PDF-" + name.encode(), {}, "application/pdf")
+
+    assert redirecting.requests == 1  # then botocore, which follows S3's redirects
+    assert len(sent_by_botocore) == 2
+    listed = seaweed.client().list_objects_v2(Bucket=storage.bucket)["Contents"]
+    assert sorted(item["Key"] for item in listed) == ["a.pdf", "b.pdf"]

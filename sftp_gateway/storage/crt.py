@@ -20,8 +20,8 @@ import io
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
@@ -82,6 +82,9 @@ class CrtPutObject:
         self._host = url.netloc
         self._path_prefix = url.path[: -len(_PROBE_KEY)]  # "/bucket/" or "/" (virtual host)
         region = botocore_client.meta.region_name  # storage.region: the bucket's own
+        self._region = region
+        self._botocore = botocore_client
+        self._redirected = False
         credentials = BotocoreCRTCredentialsWrapper(botocore_client._get_credentials())
         loop = EventLoopGroup(1)
         secure = url.scheme == "https"
@@ -98,14 +101,37 @@ class CrtPutObject:
         )
 
     def put_object(self, *, Bucket: str, Key: str, Body: bytes, **params: Any) -> dict[str, Any]:
-        """Send one PutObject; S3's refusal is a ClientError with S3's error code."""
+        """Send one PutObject; S3's refusal is a ClientError with S3's error code. A
+        bucket in another region than storage.region: botocore, which follows S3's
+        redirect, sends this PUT and every later one."""
         if Bucket != self._bucket:
             raise ValueError(f"this client sends to {self._bucket}, not {Bucket}")
+        if self._redirected:
+            return cast(
+                "dict[str, Any]",
+                self._botocore.put_object(Bucket=Bucket, Key=Key, Body=Body, **params),
+            )
+        try:
+            return self._send(Key, Body, params)
+        except S3ResponseError as exc:
+            bucket_region = _header(exc.headers or [], "x-amz-bucket-region")
+            if bucket_region is None or bucket_region == self._region:
+                raise _client_error(exc) from exc
+            log.warning(
+                "bucket %s is in %s, not storage.region %s: small files go through botocore",
+                Bucket,
+                bucket_region,
+                self._region,
+            )
+            self._redirected = True
+            return self.put_object(Bucket=Bucket, Key=Key, Body=Body, **params)
+
+    def _send(self, key: str, body: bytes, params: Mapping[str, Any]) -> dict[str, Any]:
         request = HttpRequest(
             "PUT",
-            self._path_prefix + quote(Key, safe="/~"),
-            HttpHeaders(self._headers(len(Body), params)),
-            io.BytesIO(Body),
+            self._path_prefix + quote(key, safe="/~"),
+            HttpHeaders(self._headers(len(body), params)),
+            io.BytesIO(body),
         )
         started = time.perf_counter()
         status: dict[str, Any] = {}
@@ -118,7 +144,7 @@ class CrtPutObject:
             sent.finished_future.result(timeout=self._timeout)
         except S3ResponseError as exc:
             metrics.s3_request_errors.labels(OPERATION, str(exc.status_code)).inc()
-            raise _client_error(exc) from exc
+            raise
         except AwsCrtError as exc:
             metrics.s3_request_errors.labels(OPERATION, exc.name).inc()
             raise EndpointConnectionError(endpoint_url=f"{self._host} ({exc.name})") from exc
@@ -128,8 +154,11 @@ class CrtPutObject:
             raise ReadTimeoutError(endpoint_url=self._host) from exc
         finally:
             metrics.s3_request_seconds.labels(OPERATION).observe(time.perf_counter() - started)
-        headers = dict((name.lower(), value) for name, value in status.get("headers", []))
-        return {"ETag": headers.get("etag", ""), "VersionId": headers.get("x-amz-version-id")}
+        headers = status.get("headers", [])
+        return {
+            "ETag": _header(headers, "etag") or "",
+            "VersionId": _header(headers, "x-amz-version-id"),
+        }
 
     def _headers(self, length: int, params: Mapping[str, Any]) -> list[tuple[str, str]]:
         headers = [("Host", self._host), ("Content-Length", str(length))]
@@ -141,6 +170,10 @@ class CrtPutObject:
             else:  # a parameter this path does not know must not be dropped silently
                 raise TypeError(f"CrtPutObject: unsupported PutObject parameter {name}")
         return headers
+
+
+def _header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    return next((value for key, value in headers if key.lower() == name), None)
 
 
 def _tls_options(environ: Mapping[str, str]) -> TlsConnectionOptions:
