@@ -74,6 +74,18 @@ def test_small_file_through_the_crt_client_is_identified_like_any_other(
 
 @pytest.mark.seaweedfs
 @needs_seaweed
+def test_keys_that_need_encoding_are_signed_and_stored_as_named(seaweed: SeaweedServer) -> None:
+    storage = crt_storage(seaweed.endpoint, seaweed.create_bucket(), seaweed.client())
+    names = ["dir/réponse+1 (copie).pdf", "a%20b&c=d;e.pdf", "日本/報告書 #1.pdf", "x~y'z!.pdf"]
+    for name in names:
+        storage.put(name, name.encode(), {"original-name": "n"}, "application/pdf")
+    for name in names:
+        body = seaweed.client().get_object(Bucket=storage.bucket, Key=name)["Body"].read()
+        assert body == name.encode()
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
 def test_what_s3_refuses_is_its_error_code(seaweed: SeaweedServer) -> None:
     bucket = seaweed.create_bucket()
     assert seaweed.credentials is not None

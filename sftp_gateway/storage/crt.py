@@ -1,4 +1,4 @@
-"""Single-object PUTs through the AWS Common Runtime's S3 client (`storage.put_client: crt`).
+"""Single-object PUTs through the AWS Common Runtime's S3 client (`storage.put_client`).
 
 Most files a gateway receives in bursts are small: one PutObject each. botocore spends
 about 1.5 ms of CPU building, signing, sending and parsing that request, on the thread
@@ -127,6 +127,7 @@ class CrtPutObject:
             return self.put_object(Bucket=Bucket, Key=Key, Body=Body, **params)
 
     def _send(self, key: str, body: bytes, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One request through awscrt (its own retries); S3's refusal is raised as is."""
         request = HttpRequest(
             "PUT",
             self._path_prefix + quote(key, safe="/~"),
