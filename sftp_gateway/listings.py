@@ -46,10 +46,6 @@ class _View(Generic[R]):
     misses: list[float] = field(default_factory=list)
 
 
-def _none_resumable(_prefix: str) -> dict[str, object]:
-    return {}
-
-
 class RecentListings(Generic[R]):
     """Answers `probe(key)` and `resumable(key)` from a recent listing of the key's
     directory when the session is STATing that directory in a burst, else from S3 and
@@ -62,7 +58,7 @@ class RecentListings(Generic[R]):
         clock: Callable[[], float] = time.monotonic,
         *,
         resumable_one: Callable[[str], R | None] = lambda _key: None,
-        resumable_under: Callable[[str], dict[str, R]] = _none_resumable,  # type: ignore[assignment]
+        resumable_under: Callable[[str], dict[str, R]] = lambda _prefix: {},
     ) -> None:
         self._storage = storage
         self._ttl = ttl
