@@ -503,7 +503,7 @@ class Catalog:
         params = {"match_bucket": bucket, "match_pattern": _like_prefix(prefix)}
         with self.engine.connect() as conn:
             rows = conn.execute(RESUMABLE_UNDER, params).mappings().all()
-        return {row["object_key"]: _record_of(row) for row in rows}  # oldest first
+        return {row["object_key"]: _record_of(row) for row in rows}  # oldest first: newest wins
 
     def latest_completed(self, bucket: str, keys: Sequence[str]) -> dict[str, UploadRecord]:
         """The newest completed upload of each key, for mtimes set by SETSTAT."""
