@@ -38,7 +38,13 @@ from sftp_gateway import logs
 from sftp_gateway.backoff import Backoff
 from sftp_gateway.catalog.repository import Catalog, new_upload_id
 from sftp_gateway.config import Settings
-from sftp_gateway.errors import GatewayError, InvalidRequest, QuotaExceeded, UploadRejected
+from sftp_gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    QuotaExceeded,
+    StorageError,
+    UploadRejected,
+)
 from sftp_gateway.records import ClientInfo, Principal, UploadRecord, UploadStatus, iso, utcnow
 from sftp_gateway.s3limits import MAX_OBJECT_SIZE, part_size_for
 from sftp_gateway.storage.base import Part, Storage
@@ -458,6 +464,8 @@ class Upload:
             ),
         )
         self._start_record = self._initial_record(principal, client, uploader.storage.bucket)
+        self._storage = uploader.storage
+        self._publishing: StreamResult | None = None  # the row says `completing`
 
     @property
     def size(self) -> int:
@@ -581,6 +589,16 @@ class Upload:
         except CatalogUnavailable:
             self._failure = self._unrecorded_close()
             raise self._failure from None
+        except StorageError as exc:
+            if self._publishing is None:
+                self._fail(UploadStatus.FAILED, str(exc))
+                self._failure = exc
+                raise
+            try:
+                return self._after_unanswered_publish(exc)
+            except GatewayError as final:
+                self._failure = final
+                raise
         except GatewayError as exc:
             self._fail(UploadStatus.FAILED, str(exc))
             self._failure = exc
@@ -590,6 +608,40 @@ class Upload:
             self._fail(UploadStatus.FAILED, "internal error")
             self._failure = GatewayError("the upload failed on the server")
             raise self._failure from exc
+
+    def _after_unanswered_publish(self, error: StorageError) -> StreamResult:
+        """The request that publishes the object failed after the row said `completing`:
+        S3 may have stored it and lost only its answer. Ask S3, never guess: this
+        upload's object is there -> published; none of ours -> failed; S3 cannot say ->
+        the row stays `completing`, and recovery completes or aborts it."""
+        result = self._publishing
+        assert result is not None
+        try:
+            info = self._storage.head(self.key)
+        except GatewayError:
+            self._ended = True
+            logs.event(
+                self.log,
+                "upload.unconfirmed",
+                "upload %s of %s: storage did not confirm it (%s); left for recovery",
+                self.id,
+                self.key,
+                error,
+                level=logging.WARNING,
+            )
+            raise StorageError(
+                "storage did not confirm that the file was stored; it is recorded once"
+                " storage answers (send it again to be sure)"
+            ) from error
+        if info is None or info.metadata.get("upload-id") != self.id:
+            self._fail(UploadStatus.FAILED, str(error))
+            raise error
+        self.log.warning("upload %s of %s: stored, though S3's answer was lost", self.id, self.key)
+        try:
+            self.stream.tag_published(result)
+        except GatewayError as exc:  # the catalog row has the SHA-256 all the same
+            self.log.warning("upload %s: SHA-256 tag not attached (%s)", self.id, exc)
+        return result
 
     def _initial_record(
         self, principal: Principal, client: ClientInfo, bucket: str
@@ -666,6 +718,7 @@ class Upload:
                 self._row_written = True
 
         retry_catalog(write, self._limits.catalog_retry, f"record upload {self.id} as completing")
+        self._publishing = result
 
     def _record_completed(self, result: StreamResult, mtime: int | None) -> UploadRecord:
         """Catalog row and event in one transaction. S3 already has the object and the

@@ -209,6 +209,27 @@ def test_s3_stalled_for_good_fails_the_close_with_a_status_in_bounded_time(
     assert_consistent(running, s3_proxy)
 
 
+@pytest.mark.parametrize("client", ["crt", "botocore"])
+def test_a_small_file_whose_put_answer_never_comes_is_recorded_once_s3_answers(
+    gateway_factory, s3_proxy: FaultProxy, tmp_path: Path, client: str
+) -> None:
+    """S3 stores the PUT but its answer never comes back (nor does any other): the
+    CLOSE fails in bounded time without calling the file failed, and once S3 answers
+    recovery finds the object and records it, so S3 and the catalog agree."""
+    storage = {"connect_timeout": 2.0, "read_timeout": 1.0, "max_attempts": 2}
+    running = behind(gateway_factory, s3_proxy, {"storage": {**storage, "put_client": client}})
+    source = make_pdf(tmp_path / "a.pdf", 200_000)
+    s3_proxy.stall(None, "down")
+    started = time.monotonic()
+    result = put(running, source, "a.pdf")
+    assert result.returncode != 0  # OpenSSH shows "Failure"; the status text says why
+    assert time.monotonic() - started < 30
+    [row] = running.catalog.uploads_for_key(running.bucket, running.key_for("a.pdf"))
+    assert row.status == "completing"
+    assert_consistent(running, s3_proxy)  # gc, once S3 answers: the object is ours
+    assert_stored(running, source, "a.pdf")
+
+
 # -- the catalog (PostgreSQL) goes away ------------------------------------------------
 
 

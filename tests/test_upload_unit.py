@@ -17,6 +17,7 @@ from sftp_gateway.catalog.repository import Catalog
 from sftp_gateway.config import Settings, settings_from_dict
 from sftp_gateway.errors import GatewayError, StorageError, UploadRejected
 from sftp_gateway.filesystem import UserFilesystem
+from sftp_gateway.gc import GcReport, finish_completing
 from sftp_gateway.storage.memory import MemoryStorage
 from sftp_gateway.transfer import ActiveUploads, ClientInfo, FileWriter
 from sftp_gateway.upload.budget import ServerBusy
@@ -309,3 +310,70 @@ def test_an_upload_refused_for_memory_keeps_its_parts_for_a_resume(tmp_path: Pat
         assert bench.in_use() == 0
     finally:
         bench.services.close()
+
+
+class LostAnswers(MemoryStorage):
+    """S3 that does what it is asked and then loses its answer (a timeout, a reset):
+    `lose` names the operations whose next call stores and then fails; `head_fails`
+    makes S3 unable to say what it holds."""
+
+    def __init__(self, lose: set[str], head_fails: bool = False) -> None:
+        super().__init__("memory")
+        self.lose = set(lose)
+        self.head_fails = head_fails
+
+    def _answer_lost(self, operation: str) -> None:
+        if operation in self.lose:
+            self.lose.discard(operation)
+            raise StorageError(f"storage unavailable during {operation}")
+
+    def put(self, key, body, metadata, content_type, **options):  # type: ignore[no-untyped-def]
+        super().put(key, body, metadata, content_type, **options)
+        self._answer_lost("put")
+
+    def complete_multipart(self, key, upload_id, parts, **options):  # type: ignore[no-untyped-def]
+        super().complete_multipart(key, upload_id, parts, **options)
+        self._answer_lost("complete_multipart")
+
+    def head(self, key: str):  # type: ignore[no-untyped-def]
+        if self.head_fails:
+            raise StorageError("storage unavailable during head")
+        return super().head(key)
+
+
+@pytest.mark.parametrize("size", [100_000, 2 * PART + 123], ids=["put", "multipart"])
+def test_an_object_s3_stored_but_whose_answer_was_lost_is_a_completed_upload(
+    bench: Bench, size: int
+) -> None:
+    bench.storage = LostAnswers({"put", "complete_multipart"})
+    data = body(size)
+    writer = bench.fs().open_upload("/lost-answer.pdf")
+    write_all(writer, data)
+    record = writer.commit()
+    assert record is not None and record.status == "completed" and record.sha256 == sha(data)
+    assert bench.storage.read_bytes("incoming/alice/lost-answer.pdf") == data
+    assert bench.storage.get_tags("incoming/alice/lost-answer.pdf")["sha256"] == sha(data)
+    assert [row.status for row in bench.rows("lost-answer.pdf")] == ["completed"]
+    assert bench.catalog.outbox_backlog()[0] == 1  # its upload.completed event, once
+    assert bench.in_use() == 0
+
+
+def test_when_s3_cannot_say_the_row_stays_completing_and_recovery_completes_it(
+    bench: Bench,
+) -> None:
+    storage = LostAnswers({"put"}, head_fails=True)
+    bench.storage = storage
+    data = body(100_000)
+    writer = bench.fs().open_upload("/unsure.pdf")
+    write_all(writer, data)
+    with pytest.raises(StorageError, match="did not confirm that the file was stored"):
+        writer.commit()
+    [row] = bench.rows("unsure.pdf")
+    assert row.status == "completing"  # neither failed (S3 has it) nor completed (unsaid)
+    storage.head_fails = False
+    report = GcReport()
+    finish_completing(storage, bench.catalog, row, report)
+    assert report.completed == [row.id]
+    [row] = bench.rows("unsure.pdf")
+    assert row.status == "completed" and row.sha256 == sha(data)
+    assert bench.in_use() == 0

@@ -272,21 +272,27 @@ class UploadStream:
             self.storage.complete_multipart(
                 self.key, self.upload_id, list(parts), full_object_crc64nvme=whole
             )
-            # The SHA-256 is known only now; S3 takes metadata at creation: a tag.
-            attach_sha256(
-                self.storage,
-                self.key,
-                metadata=self.metadata,
-                sha256=digest,
-                size=self._size,
-                content_type=self.content_type,
-                stored_size=result.stored_size or self._size,
-                in_metadata=self._sha256_in_metadata,
-                content_encoding=self.compression,
-            )
+            self.tag_published(result)
             return result
         finally:
             self._let_go()
+
+    def tag_published(self, result: StreamResult) -> None:
+        """A completed multipart object's SHA-256: known only now, and S3 takes metadata
+        at creation, so a tag. A single PUT carried its own."""
+        if not result.multipart:
+            return
+        attach_sha256(
+            self.storage,
+            self.key,
+            metadata=self.metadata,
+            sha256=result.sha256,
+            size=self._size,
+            content_type=self.content_type,
+            stored_size=result.stored_size or self._size,
+            in_metadata=self._sha256_in_metadata,
+            content_encoding=self.compression,
+        )
 
     def _put_small(self, before_publish: Callable[[StreamResult], None] | None) -> StreamResult:
         """One PutObject: SHA-256 in the metadata and, like every object, in the tags."""
