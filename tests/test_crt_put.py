@@ -113,7 +113,7 @@ def test_storage_that_does_not_answer_is_unavailable_within_its_timeouts(
     began = time.monotonic()
     with pytest.raises(StorageError, match="storage unavailable during upload"):
         storage.put("a.pdf", b"%PDF-1", {}, "application/pdf")
-    assert time.monotonic() - began < 7 + 1  # connect_timeout + read_timeout, and a margin
+    assert time.monotonic() - began < (2 + 5) * 2 + 1  # (connect + read) x tries, a margin
 
 
 @pytest.mark.seaweedfs

@@ -73,7 +73,10 @@ class CrtPutObject:
 
     def __init__(self, botocore_client: Any, bucket: str, config: StorageConfig) -> None:
         self._bucket = bucket
-        self._timeout = config.connect_timeout + config.read_timeout
+        # awscrt has no read timeout: a stalled try is bounded here, by what botocore's
+        # tries would take at most (max_attempts retries after the first).
+        tries = config.max_attempts + 1
+        self._timeout = (config.connect_timeout + config.read_timeout) * tries
         url = urlsplit(
             botocore_client.generate_presigned_url(
                 "put_object", Params={"Bucket": bucket, "Key": _PROBE_KEY}, ExpiresIn=60
@@ -96,7 +99,7 @@ class CrtPutObject:
             credential_provider=credentials.to_crt_credentials_provider(),
             part_size=config.part_size,
             multipart_upload_threshold=5 * 2**30,  # always one PUT: bodies are one part
-            retry_config=S3RetryConfig(max_retries=config.max_attempts - 1),
+            retry_config=S3RetryConfig(max_retries=config.max_attempts),  # as botocore's
             connect_timeout_ms=int(config.connect_timeout * 1000),
         )
 
