@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from sftp_gateway.config import settings_from_dict
 from sftp_gateway.errors import ConfigError, StorageError
-from sftp_gateway.storage.crt import refuse_what_crt_ignores, uses_crt
+from sftp_gateway.storage.crt import CRT_PUT_MAX, refuse_what_crt_ignores, uses_crt
 from sftp_gateway.storage.s3 import S3Storage
 from tests.helpers import RunningGateway, free_port, make_pdf, sha256_file
 from tests.seaweed import SeaweedServer, weed_binary
@@ -194,3 +194,16 @@ def test_a_bucket_in_another_region_sends_small_files_through_botocore(
     assert len(sent_by_botocore) == 2
     listed = seaweed.client().list_objects_v2(Bucket=storage.bucket)["Contents"]
     assert sorted(item["Key"] for item in listed) == ["a.pdf", "b.pdf"]
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
+def test_a_body_over_one_mib_goes_through_botocore(seaweed: SeaweedServer) -> None:
+    """awscrt copies a body outside the memory budget: only small ones go that way."""
+    storage = crt_storage(seaweed.endpoint, seaweed.create_bucket(), seaweed.client())
+    sent_by_botocore = botocore_puts(storage)
+    storage.put("small.pdf", b"%PDF-" + bytes(CRT_PUT_MAX - 5), {}, "application/pdf")
+    storage.put("larger.pdf", b"%PDF-" + bytes(CRT_PUT_MAX), {}, "application/pdf")
+    assert [path.rsplit("/", 1)[-1] for path in sent_by_botocore] == ["larger.pdf"]
+    head = seaweed.client().head_object(Bucket=storage.bucket, Key="small.pdf")
+    assert head["ContentLength"] == CRT_PUT_MAX

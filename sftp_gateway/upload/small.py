@@ -35,7 +35,10 @@ class SmallBody:
         self.size = needed
 
     def body(self) -> bytes:
-        return b"".join(self._chunks)
+        """The whole file, joined once; the pieces go, so it is held once, not twice."""
+        joined = b"".join(self._chunks)
+        self._chunks = [joined]
+        return joined
 
     def move_into(self, buffer: bytearray) -> int:
         """Copy the bytes to the start of a part buffer, which takes over their charge."""
