@@ -61,10 +61,16 @@ class SeaweedServer:
     owns_dir: bool = False
     credentials: tuple[str, str] | None = None
     buckets: list[str] = field(default_factory=list)
+    https_port: int | None = None  # with `tls`: S3 over HTTPS too
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def https_endpoint(self) -> str:
+        assert self.https_port is not None, "started without tls"
+        return f"https://localhost:{self.https_port}"
 
     @property
     def pid(self) -> int:
@@ -170,11 +176,12 @@ def start_seaweed(
     *,
     credentials: tuple[str, str] | None = None,
     timeout: float = 90.0,
+    tls: tuple[Path, Path] | None = None,
 ) -> SeaweedServer:
     """Start `weed server -s3` on free loopback ports and wait until S3 answers.
 
     With `credentials` (access key, secret) SeaweedFS enforces them; without, it
-    accepts any key.
+    accepts any key. With `tls` (certificate, key files) S3 also listens on HTTPS.
     """
     binary = weed_binary()
     if binary is None:
@@ -182,11 +189,15 @@ def start_seaweed(
     owns_dir = data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="seaweed-")) if data_dir is None else data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = _free_ports(4)
+    ports = _free_ports(5 if tls else 4)
+    command = _command(binary, data_dir, ports[:4])
+    if tls is not None:
+        cert, key = tls
+        command += [f"-s3.port.https={ports[4]}", f"-s3.cert.file={cert}", f"-s3.key.file={key}"]
     log_path = data_dir / "weed.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            _command(binary, data_dir, ports),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -194,6 +205,7 @@ def start_seaweed(
             env=_environment(credentials),
         )
     server = SeaweedServer(data_dir, ports[3], process, log_path, owns_dir, credentials)
+    server.https_port = ports[4] if tls else None
     try:
         _wait_ready(server, timeout)
     except BaseException:

@@ -8,11 +8,13 @@ what S3 refuses comes back as S3's error code, never as a hang or a traceback.
 from __future__ import annotations
 
 import base64
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from awscrt.s3 import S3ResponseError
@@ -23,7 +25,7 @@ from sftp_gateway.errors import ConfigError, StorageError
 from sftp_gateway.storage.crt import CRT_PUT_MAX, refuse_what_crt_ignores, uses_crt
 from sftp_gateway.storage.s3 import S3Storage
 from tests.helpers import RunningGateway, free_port, make_pdf, sha256_file
-from tests.seaweed import SeaweedServer, weed_binary
+from tests.seaweed import SeaweedServer, start_seaweed, weed_binary
 from tests.test_s3_options import create_kms_key
 from tests.test_seaweedfs import assert_identified
 
@@ -207,3 +209,90 @@ def test_a_body_over_one_mib_goes_through_botocore(seaweed: SeaweedServer) -> No
     assert [path.rsplit("/", 1)[-1] for path in sent_by_botocore] == ["larger.pdf"]
     head = seaweed.client().head_object(Bucket=storage.bucket, Key="small.pdf")
     assert head["ContentLength"] == CRT_PUT_MAX
+
+
+# -- over HTTPS, as every AWS deployment is ----------------------------------------------
+
+
+def write_test_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost/127.0.0.1 signed by it:
+    (ca.pem, server.pem, server.key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = certificate("sftp-gateway test CA", ca_key, "sftp-gateway test CA", ca_key, True)
+    server = certificate("localhost", server_key, "sftp-gateway test CA", ca_key, False)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def https_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedServer, Path]]:
+    """SeaweedFS with S3 on HTTPS too, its certificate signed by a CA of the test's."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca, cert, key = write_test_ca(directory)
+    credentials = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    server = start_seaweed(directory / "data", credentials=credentials, tls=(cert, key))
+    try:
+        yield server, ca
+    finally:
+        server.stop()
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
+def test_over_https_the_crt_client_trusts_the_ca_bundle_botocore_uses(
+    https_seaweed: tuple[SeaweedServer, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, ca = https_seaweed
+    bucket = server.create_bucket()
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
+    storage = crt_storage(server.https_endpoint, bucket)
+    sent_by_botocore = botocore_puts(storage)
+    storage.put("over-tls.pdf", b"%PDF-over TLS", {"original-name": "n"}, "application/pdf")
+    assert sent_by_botocore == []
+    body = storage.client.get_object(Bucket=bucket, Key="over-tls.pdf")["Body"].read()
+    assert body == b"%PDF-over TLS"
+
+    other = ca.parent / "other"
+    other.mkdir(exist_ok=True)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(write_test_ca(other)[0]))  # not the signer
+    untrusting = crt_storage(server.https_endpoint, bucket)
+    with pytest.raises(StorageError, match="storage unavailable during upload"):
+        untrusting.put("refused.pdf", b"%PDF-no", {}, "application/pdf")
