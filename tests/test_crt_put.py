@@ -105,11 +105,7 @@ def test_what_s3_refuses_is_its_error_code(seaweed: SeaweedServer) -> None:
     assert "Contents" not in seaweed.client().list_objects_v2(Bucket=bucket)
 
 
-@pytest.mark.seaweedfs
-@needs_seaweed
-def test_storage_that_does_not_answer_is_unavailable_within_its_timeouts(
-    seaweed: SeaweedServer,
-) -> None:
+def test_storage_that_does_not_answer_is_unavailable_within_its_timeouts() -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     storage = crt_storage(nobody, "b-nobody")
     began = time.monotonic()
