@@ -219,6 +219,8 @@ def exit_after_drain(index: int) -> None:
         log.warning("worker %d: threads still running at exit: %s", index, ", ".join(lingering))
     log.info("worker %d (pid %d) stopped", index, os.getpid())
     logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
     os._exit(0)
 
 
