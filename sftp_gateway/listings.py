@@ -35,6 +35,12 @@ MAX_TOUCHED = 50_000  # names this session changed; past this, the view turns it
 LARGE_DIRECTORY_SECONDS = 60.0  # how long a too-large directory is not listed again
 
 
+def _split(key: str) -> tuple[str, str]:
+    """(the key's directory prefix, its name); "" for a user whose home is the root."""
+    parent, _, name = key.rpartition("/")
+    return (parent + "/" if parent else ""), name
+
+
 @dataclass
 class _View(Generic[R]):
     """One directory's entries as listed until `expires_at`, or its recent misses."""
@@ -73,8 +79,7 @@ class RecentListings(Generic[R]):
         """File, directory or nothing, as S3 says now or said less than `ttl` ago."""
         if not self._enabled or key in self._touched:
             return self._storage.probe(key)
-        parent, _, name = key.rpartition("/")
-        prefix = parent + "/" if parent else ""  # "": a user whose home is the bucket's root
+        prefix, name = _split(key)
         now = self._clock()
         view = self._views.get(prefix)
         if view is None or now >= view.expires_at:
@@ -87,8 +92,7 @@ class RecentListings(Generic[R]):
         """The key's resumable upload, from the directory's fresh listing if it has one
         (call before `probe`, which is what lists a directory)."""
         if self._enabled and key not in self._touched:
-            parent = key.rpartition("/")[0]
-            view = self._views.get(parent + "/" if parent else "")
+            view = self._views.get(_split(key)[0])
             if view is not None and view.files is not None and self._clock() < view.expires_at:
                 return view.resumable.get(key)
         return self._resumable_one(key)

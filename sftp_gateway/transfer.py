@@ -589,17 +589,13 @@ class Upload:
         except CatalogUnavailable:
             self._failure = self._unrecorded_close()
             raise self._failure from None
-        except StorageError as exc:
-            if self._publishing is None:
-                self._fail(UploadStatus.FAILED, str(exc))
-                self._failure = exc
-                raise
-            try:
-                return self._after_unanswered_publish(exc)
-            except GatewayError as final:
-                self._failure = final
-                raise
         except GatewayError as exc:
+            if isinstance(exc, StorageError) and self._publishing is not None:
+                try:  # S3 may hold the object whatever the error said: ask it
+                    return self._after_unanswered_publish(exc)
+                except GatewayError as final:
+                    self._failure = final
+                    raise
             self._fail(UploadStatus.FAILED, str(exc))
             self._failure = exc
             raise

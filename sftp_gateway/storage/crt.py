@@ -107,12 +107,13 @@ class CrtPutObject:
         )
 
     def put_object(self, *, Bucket: str, Key: str, Body: bytes, **params: Any) -> dict[str, Any]:
-        """Send one PutObject; S3's refusal is a ClientError with S3's error code. A
-        bucket in another region than storage.region: botocore, which follows S3's
-        redirect, sends this PUT and every later one."""
+        """Send one PutObject; S3's refusal is a ClientError with S3's error code.
+        botocore sends it instead when the body is over CRT_PUT_MAX, and this PUT and
+        every later one once S3 has said the bucket is in another region than
+        storage.region (botocore follows that redirect)."""
         if Bucket != self._bucket:
             raise ValueError(f"this client sends to {self._bucket}, not {Bucket}")
-        if self._redirected:
+        if self._redirected or len(Body) > CRT_PUT_MAX:
             return cast(
                 "dict[str, Any]",
                 self._botocore.put_object(Bucket=Bucket, Key=Key, Body=Body, **params),
@@ -199,17 +200,22 @@ def uses_crt(setting: str, environ: Mapping[str, str]) -> bool:
         refuse_what_crt_ignores(environ)
         return True
     if setting == "auto":
-        proxies = [name for name in IGNORED_ENVIRONMENT if environ.get(name)]
+        proxies = _proxies(environ)
         if proxies:
             log.info("storage.put_client auto: botocore, which follows %s", proxies[0])
         return not proxies
     return False
 
 
+def _proxies(environ: Mapping[str, str]) -> list[str]:
+    """The proxy variables set in the environment, which botocore follows and awscrt not."""
+    return [name for name in IGNORED_ENVIRONMENT if environ.get(name)]
+
+
 def refuse_what_crt_ignores(environ: Mapping[str, str]) -> None:
     """botocore follows a proxy from the environment; this path would not (small files
     would bypass it, or fail where only the proxy reaches S3): refuse at start."""
-    ignored = [name for name in IGNORED_ENVIRONMENT if environ.get(name)]
+    ignored = _proxies(environ)
     if ignored:
         raise ConfigError(
             f"storage.put_client: crt does not follow {', '.join(ignored)};"

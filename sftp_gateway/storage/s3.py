@@ -25,7 +25,7 @@ from sftp_gateway.s3limits import MAX_SINGLE_COPY
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 from sftp_gateway.storage.botocompat import cache_endpoints_per_bucket
 from sftp_gateway.storage.checksums import ChecksumRefused, FullObjectChecksum, crc64nvme_b64
-from sftp_gateway.storage.crt import CRT_PUT_MAX, CrtPutObject, uses_crt
+from sftp_gateway.storage.crt import CrtPutObject, uses_crt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,9 +131,9 @@ class S3Storage:
 
     @cached_property
     def _put_object(self) -> Callable[..., Any]:
-        """PutObject of bodies up to CRT_PUT_MAX, by awscrt or botocore
-        (storage.put_client); built at the first PUT, so a storage that never PUTs
-        starts no CRT thread."""
+        """PutObject, by awscrt or botocore (storage.put_client; crt.py decides per
+        request); built at the first PUT, so a storage that never PUTs starts no CRT
+        thread."""
         if self._crt_puts:
             return CrtPutObject(self.client, self.bucket, self._config).put_object
         return cast("Callable[..., Any]", self.client.put_object)
@@ -278,9 +278,8 @@ class S3Storage:
         """One PutObject; tags ride on it (x-amz-tagging), no second request. With the
         full-object checksum it carries a CRC64NVME (a refusal in `auto`: sent again
         with the CRC32 of storage.part_checksums)."""
-        sender = self._put_object if len(body) <= CRT_PUT_MAX else self.client.put_object
         put = partial(
-            sender,
+            self._put_object,
             Key=key,
             Body=body,
             Metadata=metadata,
