@@ -95,6 +95,10 @@ def _peer_host(sock: Any) -> str:
         return "unknown"
 
 
+# Linux only; elsewhere the handshake keeps the kernel's delayed ACKs.
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
 class BoundedPacketizer(Packetizer):  # type: ignore[misc]
     """paramiko's Packetizer with a size limit on every line and packet it reads.
 
@@ -105,6 +109,8 @@ class BoundedPacketizer(Packetizer):  # type: ignore[misc]
     def __init__(self, sock: Any, *, limits: TransportLimits) -> None:
         super().__init__(sock)
         self.limits = limits
+        self._sock = sock
+        self._quickack = QUICKACK  # None once ACKs may be delayed again
         self.peer = _peer_host(sock)  # app sets the real address (PROXY protocol)
         self.conn: str | None = None  # the connection id in the logs
         self.bytes_in = 0  # bytes of SSH packets read and written, for session.end
@@ -141,7 +147,27 @@ class BoundedPacketizer(Packetizer):  # type: ignore[misc]
         if n > self.limits.pre_auth_packet:
             self._check_packet_size(n)
         self.bytes_in += n
-        return super().read_all(n, check_rekey)  # type: ignore[no-any-return]
+        data: bytes = super().read_all(n, check_rekey)
+        if self._quickack is not None:
+            self._ack_now(self._quickack)
+        return data
+
+    def _ack_now(self, quickack: int) -> None:
+        """ACK what was just read at once, until the client is authenticated.
+
+        OpenSSH's client leaves Nagle on for sftp and scp, so it holds a small packet
+        (KEX_ECDH_INIT after KEXINIT, SERVICE_REQUEST after NEWKEYS) until the one before
+        it is ACKed, and Linux delays that ACK by up to 40 ms when the server has nothing
+        to send back: each such pair cost a login 40 ms. After authentication every
+        request gets an answer that carries the ACK, so the syscall stops there."""
+        if self._authenticated or self.is_authenticated():
+            self._authenticated = True
+            self._quickack = None
+            return
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        except OSError:  # not TCP (a socketpair in tests): nothing to ACK
+            self._quickack = None
 
     def write_all(self, out: bytes) -> None:
         self.bytes_out += len(out)
