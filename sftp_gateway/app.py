@@ -34,7 +34,7 @@ from sftp_gateway.scp import handle_exec
 from sftp_gateway.sessions import RevocationWatcher, SessionRegistry
 from sftp_gateway.sftp.handler import GatewaySFTPInterface
 from sftp_gateway.sftp.protocol import GatewaySFTPServer
-from sftp_gateway.signals import capture_signals
+from sftp_gateway.signals import capture_signals, sleep_until_stopped
 from sftp_gateway.ssh import GatewayServer
 from sftp_gateway.storage.base import Storage
 from sftp_gateway.storage.naming import storage_for
@@ -152,7 +152,7 @@ class Gateway:
                 address = self.start()
                 if on_started:
                     on_started(address)
-                stop.wait()
+                sleep_until_stopped(stop)
                 log.info("shutting down: draining uploads in progress")
             finally:
                 self.stop(self.settings.server.drain_timeout)

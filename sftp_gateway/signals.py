@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 log = logging.getLogger(__name__)
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+POLL_SECONDS = 0.2  # how soon the main thread notices a signal another thread took
 
 
 def _force_by_interrupt() -> None:
@@ -60,3 +62,16 @@ def capture_signals(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def sleep_until_stopped(stop: threading.Event, poll: float = POLL_SECONDS) -> None:
+    """Block the main thread until `stop` is set, by short sleeps.
+
+    Not `stop.wait()`: Linux may hand a process's SIGTERM to any of its threads, and
+    when another thread takes it, CPython's C handler only flags it; a main thread
+    blocked on a lock never wakes to run the Python handler (seen: a worker that
+    never began its drain and was killed). A sleep ends, and the handler runs then.
+    Sleeping, the main thread also never holds the event's own lock, which the
+    handler's `stop.set()` takes."""
+    while not stop.is_set():
+        time.sleep(poll)

@@ -262,7 +262,7 @@ class Supervisor:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _supervise(self, listener: socket.socket, jobs: HostJobs) -> int:
-        from sftp_gateway.signals import capture_signals
+        from sftp_gateway.signals import POLL_SECONDS, capture_signals
 
         with capture_signals(on_force=self._force) as stop:
             try:
@@ -274,7 +274,10 @@ class Supervisor:
                     self.count,
                 )
                 self._start_all(listener, stop)
-                while not stop.wait(0.2) and not self.exit_code:
+                while not self.exit_code:
+                    time.sleep(POLL_SECONDS)  # not stop.wait(): see sleep_until_stopped
+                    if stop.is_set():
+                        break
                     self._watch(listener)
             finally:
                 self._drain()

@@ -136,3 +136,27 @@ def test_off_the_main_thread_nothing_is_installed() -> None:
     thread.start()
     thread.join(5)
     assert seen == [before, False]
+
+
+OTHER_THREAD_SCRIPT = """
+import signal, threading, time
+from sftp_gateway.signals import capture_signals, sleep_until_stopped
+
+def take_the_signal():  # as the kernel may: a thread other than the main one gets it
+    time.sleep(0.5)  # the main thread is asleep by then
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+with capture_signals() as stop:
+    threading.Thread(target=take_the_signal).start()
+    sleep_until_stopped(stop)
+print("stopped", flush=True)
+"""
+
+
+def test_a_sigterm_another_thread_takes_still_stops_the_main_thread(tmp_path: Path) -> None:
+    """A worker whose SIGTERM landed on one of its other threads never drained while
+    its main thread sat in Event.wait(); sleep_until_stopped notices within a poll."""
+    script = tmp_path / "other_thread.py"
+    script.write_text(textwrap.dedent(OTHER_THREAD_SCRIPT))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=20)
+    assert (done.returncode, done.stdout.strip()) == (0, "stopped"), done.stderr
