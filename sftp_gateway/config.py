@@ -201,8 +201,9 @@ class StorageConfig(_Section):
     # one checksum of its bytes. auto: used until the store refuses it (then this
     # process goes on with part_checksums); on: required; off: never.
     full_object_checksum: Literal["auto", "on", "off"] = "auto"
-    # Who sends a small file's one PutObject: botocore, or awscrt's native S3 client
-    # (a third of the CPU per request; the rest, multipart included, stays botocore).
+    # Who sends a small file's one PutObject and listings: botocore, or awscrt's native
+    # S3 client (a third of the CPU per request; the rest, multipart included, stays
+    # botocore).
     # auto: crt, unless an HTTP(S) proxy is set in the environment (crt would bypass it).
     put_client: Literal["auto", "botocore", "crt"] = "auto"
     # Seconds to open a connection to S3, and to wait for each read of a response (a

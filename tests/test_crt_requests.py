@@ -1,8 +1,10 @@
-"""`storage.put_client: crt`: a small file's one PutObject sent by awscrt's S3 client.
+"""`storage.put_client: crt`: a small file's one PutObject, and listings, sent by
+awscrt's S3 client.
 
 Against SeaweedFS, which checks SigV4 signatures and checksums: what a user checks of
-an upload (bytes, metadata, tags, catalog row) is the same as through botocore, and
-what S3 refuses comes back as S3's error code, never as a hang or a traceback.
+an upload (bytes, metadata, tags, catalog row) is the same as through botocore, a
+listing names the same files as botocore's, and what S3 refuses comes back as S3's
+error code, never as a hang or a traceback.
 """
 
 from __future__ import annotations
@@ -88,12 +90,53 @@ def test_keys_that_need_encoding_are_signed_and_stored_as_named(seaweed: Seaweed
 
 @pytest.mark.seaweedfs
 @needs_seaweed
+def test_a_listing_through_crt_names_what_botocore_names(seaweed: SeaweedServer) -> None:
+    bucket = seaweed.create_bucket()
+    storage = crt_storage(seaweed.endpoint, bucket, seaweed.client())
+    by_botocore = S3Storage(storage._config, client=seaweed.client())
+    names = ["réponse+1 (copie).pdf", "a%20b&c=d;e.pdf", "報告書 #1.pdf", "x~y'z!.pdf", "<&>.pdf"]
+    for name in names:
+        storage.put(f"in/{name}", name.encode(), {}, "application/pdf")
+    storage.put("in/sub dir/inner.pdf", b"%PDF-", {}, "application/pdf")
+    sent_by_botocore: list[str] = []
+    storage.client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda params, **_: sent_by_botocore.append("list")
+    )
+
+    listed = sorted(storage.list_dir("in/"), key=lambda entry: entry.name)
+
+    assert listed == sorted(by_botocore.list_dir("in/"), key=lambda entry: entry.name)
+    assert [entry.name for entry in listed if not entry.is_dir] == sorted(names)
+    assert [entry.name for entry in listed if entry.is_dir] == ["sub dir"]
+    files = [entry for entry in listed if not entry.is_dir]
+    assert all(entry.modified is not None and entry.modified.tzinfo for entry in files)
+    assert sent_by_botocore == []
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
+def test_a_listing_through_crt_follows_every_page(seaweed: SeaweedServer) -> None:
+    storage = crt_storage(seaweed.endpoint, seaweed.create_bucket(), seaweed.client())
+    for number in range(7):
+        storage.put(f"p/{number}.pdf", b"%PDF-", {}, "application/pdf")
+
+    pages = list(storage._list_pages(Prefix="p/", MaxKeys="3"))
+
+    assert [len(page["Contents"]) for page in pages] == [3, 3, 1]
+    keys = [item["Key"] for page in pages for item in page["Contents"]]
+    assert keys == [f"p/{number}.pdf" for number in range(7)]
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
 def test_what_s3_refuses_is_its_error_code(seaweed: SeaweedServer) -> None:
     bucket = seaweed.create_bucket()
     assert seaweed.credentials is not None
     wrong = seaweed.client(credentials=(seaweed.credentials[0], "wrong-secret"), max_attempts=1)
     with pytest.raises(StorageError, match=r"upload \(SignatureDoesNotMatch\)"):
         crt_storage(seaweed.endpoint, bucket, wrong).put("a.pdf", b"%PDF-1", {}, "application/pdf")
+    with pytest.raises(StorageError, match=r"list \(SignatureDoesNotMatch\)"):
+        list(crt_storage(seaweed.endpoint, bucket, wrong).list_dir(""))
 
     storage = crt_storage(seaweed.endpoint, bucket, seaweed.client(max_attempts=1))
     not_its_crc = base64.b64encode(b"\0" * 8).decode()

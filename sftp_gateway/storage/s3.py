@@ -25,7 +25,7 @@ from sftp_gateway.s3limits import MAX_SINGLE_COPY
 from sftp_gateway.storage.base import Entry, ObjectInfo, Part, Probe
 from sftp_gateway.storage.botocompat import cache_endpoints_per_bucket
 from sftp_gateway.storage.checksums import ChecksumRefused, FullObjectChecksum, crc64nvme_b64
-from sftp_gateway.storage.crt import CrtPutObject, uses_crt
+from sftp_gateway.storage.crt import CrtRequests, uses_crt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -130,13 +130,27 @@ class S3Storage:
         self._crt_puts = uses_crt(config.put_client, os.environ)
 
     @cached_property
-    def _put_object(self) -> Callable[..., Any]:
-        """PutObject, by awscrt or botocore (storage.put_client; crt.py decides per
-        request); built at the first PUT, so a storage that never PUTs starts no CRT
-        thread."""
+    def _crt(self) -> CrtRequests | None:
+        """awscrt's client for small PUTs and listings (storage.put_client), built at the
+        first such request, so a storage that never sends one starts no CRT thread."""
         if self._crt_puts:
-            return CrtPutObject(self.client, self.bucket, self._config).put_object
-        return cast("Callable[..., Any]", self.client.put_object)
+            return CrtRequests(self.client, self.bucket, self._config)
+        return None
+
+    @property
+    def _put_object(self) -> Callable[..., Any]:
+        """PutObject, by awscrt or botocore (crt.py decides per request)."""
+        crt = self._crt
+        return crt.put_object if crt else cast("Callable[..., Any]", self.client.put_object)
+
+    @property
+    def _list_objects(self) -> Callable[..., Any]:
+        """ListObjectsV2, by awscrt or botocore: a session's listing costs a third of
+        the CPU through awscrt."""
+        crt = self._crt
+        return (
+            crt.list_objects_v2 if crt else cast("Callable[..., Any]", self.client.list_objects_v2)
+        )
 
     @property
     def full_object_checksum(self) -> bool:
@@ -191,7 +205,7 @@ class S3Storage:
         )
 
     def has_prefix(self, prefix: str) -> bool:
-        resp = self._call("list", self.client.list_objects_v2, Prefix=prefix, MaxKeys=1)
+        resp = self._call("list", self._list_objects, Prefix=prefix, MaxKeys=1)
         return cast(bool, resp.get("KeyCount", 0) > 0)
 
     def probe(self, key: str) -> Probe:
@@ -201,9 +215,7 @@ class S3Storage:
         prefix are among the first few unless many siblings like `key-1` sort before
         them; then it falls back to HEAD and a prefix check.
         """
-        resp = self._call(
-            "stat", self.client.list_objects_v2, Prefix=key, Delimiter="/", MaxKeys=PROBE_KEYS
-        )
+        resp = self._call("stat", self._list_objects, Prefix=key, Delimiter="/", MaxKeys=PROBE_KEYS)
         file = next(
             (
                 ObjectInfo(key, obj["Size"], obj.get("LastModified"))
@@ -222,9 +234,7 @@ class S3Storage:
     ) -> tuple[Probe, dict[str, ObjectInfo]]:
         """probe(key), and the objects at key + each suffix, from the same LIST (they
         share its prefix); beyond its first page, HEAD and a prefix check instead."""
-        resp = self._call(
-            "stat", self.client.list_objects_v2, Prefix=key, Delimiter="/", MaxKeys=PROBE_KEYS
-        )
+        resp = self._call("stat", self._list_objects, Prefix=key, Delimiter="/", MaxKeys=PROBE_KEYS)
         found = {
             obj["Key"]: ObjectInfo(obj["Key"], obj["Size"], obj.get("LastModified"))
             for obj in resp.get("Contents", [])
@@ -258,7 +268,7 @@ class S3Storage:
         deep-copies botocore's client context, an eighth of the CPU of a session that
         connects, lists one directory and leaves."""
         while True:
-            page = self.client.list_objects_v2(Bucket=self.bucket, **params)
+            page = self._list_objects(Bucket=self.bucket, **params)
             yield page
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
