@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +25,12 @@ from botocore.exceptions import ClientError
 
 from sftp_gateway.config import settings_from_dict
 from sftp_gateway.errors import ConfigError, StorageError
-from sftp_gateway.storage.crt import CRT_PUT_MAX, refuse_what_crt_ignores, uses_crt
+from sftp_gateway.storage.crt import (
+    CRT_PUT_MAX,
+    list_result,
+    refuse_what_crt_ignores,
+    uses_crt,
+)
 from sftp_gateway.storage.s3 import S3Storage
 from tests.helpers import RunningGateway, free_port, make_pdf, sha256_file
 from tests.seaweed import SeaweedServer, start_seaweed, weed_binary
@@ -216,6 +222,48 @@ class RedirectingCrt:
         failed: Future[None] = Future()
         failed.set_exception(error)
         return SimpleNamespace(finished_future=failed)
+
+
+class AnsweringCrt:
+    """awscrt delivering a 200 answer with this body."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def make_request(self, *, on_body: Callable[..., None], **_: object) -> object:
+        on_body(chunk=self.body, offset=0)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return SimpleNamespace(finished_future=done)
+
+
+def test_a_listing_answer_that_is_not_xml_is_a_storage_failure_not_a_traceback() -> None:
+    storage = crt_storage(f"http://127.0.0.1:{free_port()}", "b-garbled")
+    crt = storage._list_objects.__self__  # type: ignore[attr-defined]
+    crt._client = AnsweringCrt(b"<ListBucketResult><Contents><Key>a.pdf")
+    with pytest.raises(StorageError, match="storage unavailable during list"):
+        list(storage.list_dir("in/"))
+
+
+def test_a_listing_reads_times_in_the_forms_stores_send() -> None:
+    page = list_result(
+        b"<ListBucketResult><IsTruncated>true</IsTruncated>"
+        b"<NextContinuationToken>t1</NextContinuationToken>"
+        b"<Contents><Key>a.pdf</Key><Size>3</Size>"
+        b"<LastModified>2026-11-26T19:00:00.000Z</LastModified></Contents>"
+        b"<Contents><Key>b.pdf</Key><Size>4</Size>"
+        b"<LastModified>Thu, 26 Nov 2026 19:00:01 GMT</LastModified></Contents>"
+        b"</ListBucketResult>"
+    )
+    assert [item["LastModified"] for item in page["Contents"]] == [
+        datetime(2026, 11, 26, 19, 0, 0, tzinfo=UTC),
+        datetime(2026, 11, 26, 19, 0, 1, tzinfo=UTC),
+    ]
+    assert (page["IsTruncated"], page["NextContinuationToken"], page["KeyCount"]) == (
+        True,
+        "t1",
+        2,
+    )
 
 
 @pytest.mark.seaweedfs

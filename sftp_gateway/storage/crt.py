@@ -46,7 +46,13 @@ from awscrt.s3 import (
     S3ResponseError,
     S3RetryConfig,
 )
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from botocore.utils import parse_timestamp
 from s3transfer.crt import BotocoreCRTCredentialsWrapper
 
 from sftp_gateway import metrics
@@ -80,6 +86,12 @@ _LIST_QUERY = {
     "ContinuationToken": "continuation-token",
     "StartAfter": "start-after",
 }
+
+
+class UnreadableAnswer(BotoCoreError):  # type: ignore[misc]
+    """An S3 answer this path cannot parse: a storage failure, as botocore's own."""
+
+    fmt = "{operation} answer unreadable: {reason}"
 
 
 class CrtRequests:
@@ -191,7 +203,10 @@ class CrtRequests:
         )
         request = HttpRequest("GET", path, HttpHeaders([("Host", self._host)]))
         _, body = self._send("ListObjectsV2", request)
-        return list_result(body)
+        try:
+            return list_result(body)
+        except (ElementTree.ParseError, ValueError) as exc:  # as botocore: unreadable answer
+            raise UnreadableAnswer(operation="ListObjectsV2", reason=str(exc)) from exc
 
     def _send(self, operation: str, request: HttpRequest) -> tuple[list[tuple[str, str]], bytes]:
         """One request through awscrt (its own retries): the response's headers and
@@ -296,7 +311,13 @@ def _text(fields: Mapping[str, ElementTree.Element], name: str) -> str | None:
 
 
 def _timestamp(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    """S3's ISO 8601 time; any other form a store may send, as botocore reads it."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return cast(datetime, parse_timestamp(text))
 
 
 def _tls_options(environ: Mapping[str, str]) -> TlsConnectionOptions:
