@@ -114,7 +114,14 @@ def print_table(result: dict[str, Any]) -> None:
             f"small files ({small['files']} x {small['size']} B, one session): " + ", ".join(parts)
         )
     for target, row in (result.get("sessions") or {}).items():
-        print(
-            f"sessions {target}: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k.endswith("per_s"))
-        )
+        rates = [f"{k} {v:.2f}" for k, v in row.items() if k.endswith("per_s")]
+        costs = [
+            f"{label} {row[k] * scale:.1f} ms"
+            for label, k, scale in (
+                ("one session", "median_session_s", 1000),
+                ("server CPU", "server_cpu_ms_per_session", 1),
+                ("client CPU", "client_cpu_ms_per_session", 1),
+            )
+            if k in row
+        ]
+        print(f"sessions {target}: " + ", ".join(rates + costs))
