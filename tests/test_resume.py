@@ -138,14 +138,18 @@ class CuttableProxy:
             pass
 
     def cut(self) -> None:
+        """Reset both sides. shutdown() first: a close() alone does not wake a pipe
+        thread blocked in recv() on the socket, and while that recv holds the socket the
+        kernel sends nothing, so a client waiting for window space hung (seen in CI)."""
         for sock in self._sockets:
             try:
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            sock.close()
         self._sockets.clear()
 
     def close(self) -> None:
