@@ -127,13 +127,13 @@ class S3Storage:
         self._full_object = FullObjectChecksum(
             config.full_object_checksum, config.endpoint_url or "S3"
         )
-        self._crt_puts = uses_crt(config.put_client, os.environ)
+        self._uses_crt = uses_crt(config.put_client, os.environ)
 
     @cached_property
     def _crt(self) -> CrtRequests | None:
         """awscrt's client for small PUTs and listings (storage.put_client), built at the
         first such request, so a storage that never sends one starts no CRT thread."""
-        if self._crt_puts:
+        if self._uses_crt:
             return CrtRequests(self.client, self.bucket, self._config)
         return None
 
