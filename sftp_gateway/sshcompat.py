@@ -160,8 +160,7 @@ class BoundedPacketizer(Packetizer):  # type: ignore[misc]
         it is ACKed, and Linux delays that ACK by up to 40 ms when the server has nothing
         to send back: each such pair cost a login 40 ms. After authentication every
         request gets an answer that carries the ACK, so the syscall stops there."""
-        if self._authenticated or self.is_authenticated():
-            self._authenticated = True
+        if self._client_authenticated():
             self._quickack = None
             return
         try:
@@ -173,12 +172,17 @@ class BoundedPacketizer(Packetizer):  # type: ignore[misc]
         self.bytes_out += len(out)
         super().write_all(out)
 
-    def _check_packet_size(self, n: int) -> None:
+    def _client_authenticated(self) -> bool:
+        """Asked of the transport until it says yes: authentication is never undone."""
         if not self._authenticated:
             self._authenticated = self.is_authenticated()
-        limit = self.limits.max_packet if self._authenticated else self.limits.pre_auth_packet
+        return self._authenticated
+
+    def _check_packet_size(self, n: int) -> None:
+        authenticated = self._client_authenticated()
+        limit = self.limits.max_packet if authenticated else self.limits.pre_auth_packet
         if n > limit:
-            when = "" if self._authenticated else " before authentication"
+            when = "" if authenticated else " before authentication"
             raise self.refuse(f"SSH packet of {n} bytes{when} exceeds the {limit} byte limit")
 
     def readline(self, timeout: float) -> str:

@@ -464,7 +464,6 @@ class Upload:
             ),
         )
         self._start_record = self._initial_record(principal, client, uploader.storage.bucket)
-        self._storage = uploader.storage
         self._publishing: StreamResult | None = None  # the row says `completing`
 
     @property
@@ -613,7 +612,7 @@ class Upload:
         result = self._publishing
         assert result is not None
         try:
-            info = self._storage.head(self.key)
+            info = self.stream.storage.head(self.key)
         except GatewayError:
             self._ended = True
             logs.event(
