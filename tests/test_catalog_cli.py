@@ -138,3 +138,18 @@ def test_finish_upload_writes_the_event_in_the_same_transaction(tmp_path: Path) 
     assert event.payload["type"] == "upload.completed"
     assert event.payload["upload_id"] == "u1"
     assert event.payload["completed_at"].endswith("Z")
+
+
+def test_sqlite_catalog_syncs_every_commit_so_an_acknowledged_upload_survives_power_loss(
+    tmp_path: Path,
+) -> None:
+    """WAL with synchronous=NORMAL is consistent but not durable: a commit may be undone
+    by a power loss. FULL (2) syncs the WAL before the commit returns."""
+    settings = settings_from_dict(
+        {"storage": {"bucket": "abc"}, "catalog": {"url": f"sqlite:///{tmp_path / 'c.db'}"}},
+        environ={},
+    )
+    engine = build_catalog(settings).engine
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2

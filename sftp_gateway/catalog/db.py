@@ -20,10 +20,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    """WAL lets readers run beside the writer; a busy timeout rides out brief locks."""
+    """WAL lets readers run beside the writer; a busy timeout rides out brief locks.
+
+    synchronous=FULL syncs the WAL at every commit. NORMAL would be quicker (one
+    fdatasync less per write, ~0.2 ms here), but a commit could then be undone by a power
+    loss after the client was told its file is stored."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
