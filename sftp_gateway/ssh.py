@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import paramiko
@@ -63,6 +64,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         self._max_auth_tries = max_auth_tries
         self.client_ip = client_ip
         self.principal: Principal | None = None
+        self._candidate: tuple[str, bytes] | None = None  # (user, key) that principal is for
         self._failures = 0
         self._fs: UserFilesystem | None = None
         self.activity = ConnectionActivity()  # channel traffic, for the idle timeout
@@ -71,9 +73,14 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
     def client_info(self) -> ClientInfo:
         return ClientInfo(
             ip=self.client_ip,
-            version=safe_client_version(self._transport),
+            version=self.client_version,
             conn=self.log.context.get("conn"),
         )
+
+    @cached_property
+    def client_version(self) -> str | None:
+        """Asked for only once logged in, when the banner is long known."""
+        return safe_client_version(self._transport)
 
     def filesystem(self) -> UserFilesystem:
         """The user's filesystem, shared by every channel of this connection."""
@@ -87,6 +94,12 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        offered = (username, key.asbytes())
+        if self.principal is not None and offered == self._candidate:
+            # The signed request for the key the client just probed (OpenSSH asks first
+            # without a signature): the lookup of a moment ago stands. A key removed
+            # since is caught by the revocation watcher, which ends the session.
+            return paramiko.AUTH_SUCCESSFUL  # type: ignore[no-any-return]
         try:
             principal = self._authenticator.authenticate(username, key, self.client_ip)
         except Exception:
@@ -97,7 +110,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
             return self._auth_failed(username, key)
         # paramiko asks before the signature is checked (and for unsigned key queries):
         # this is only a candidate; the login is counted in on_authenticated().
-        self.principal = principal
+        self.principal, self._candidate = principal, offered
         return paramiko.AUTH_SUCCESSFUL  # type: ignore[no-any-return]
 
     def on_authenticated(self) -> None:
@@ -148,7 +161,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
             self.client_ip,
             principal.key_fingerprint,
             fingerprint=principal.key_fingerprint,
-            client=safe_client_version(self._transport),
+            client=self.client_version,
         )
 
     def log_session_end(self) -> None:
