@@ -383,3 +383,25 @@ def test_over_https_the_crt_client_trusts_the_ca_bundle_botocore_uses(
     untrusting = crt_storage(server.https_endpoint, bucket)
     with pytest.raises(StorageError, match="storage unavailable during upload"):
         untrusting.put("refused.pdf", b"%PDF-no", {}, "application/pdf")
+
+
+@pytest.mark.seaweedfs
+@needs_seaweed
+def test_over_https_the_crt_client_trusts_the_ca_bundle_of_the_aws_config_file(
+    https_seaweed: tuple[SeaweedServer, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """botocore reads `ca_bundle` from the AWS config file when no variable names one;
+    the CRT client must trust the same CA, or small files would fail where big ones work."""
+    server, ca = https_seaweed
+    bucket = server.create_bucket()
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    config_file = tmp_path / "aws-config"
+    config_file.write_text(f"[default]\nca_bundle = {ca}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
+    storage = crt_storage(server.https_endpoint, bucket)
+    sent_by_botocore = botocore_puts(storage)
+    storage.put("config-ca.pdf", b"%PDF-config CA", {"original-name": "n"}, "application/pdf")
+    assert sent_by_botocore == []
+    body = storage.client.get_object(Bucket=bucket, Key="config-ca.pdf")["Body"].read()
+    assert body == b"%PDF-config CA"

@@ -29,6 +29,7 @@ from typing import Any, cast
 from urllib.parse import quote, unquote_plus, urlsplit
 from xml.etree import ElementTree
 
+import botocore.session
 from awscrt.exceptions import AwsCrtError
 from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import (
@@ -62,7 +63,6 @@ from sftp_gateway.errors import ConfigError
 log = logging.getLogger(__name__)
 # What botocore takes from the environment and awscrt's S3 client does not.
 IGNORED_ENVIRONMENT = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
-CA_BUNDLE_ENVIRONMENT = ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE")  # trusted as botocore does
 _PROBE_KEY = "k"  # the key of the one presigned URL that tells where requests go
 # Bodies awscrt sends. It copies a body into its own buffer, outside the upload memory
 # budget; above this size botocore's ~1 ms more CPU per request matters little.
@@ -121,7 +121,7 @@ class CrtRequests:
             bootstrap=ClientBootstrap(loop, DefaultHostResolver(loop)),
             region=region,
             tls_mode=S3RequestTlsMode.ENABLED if secure else S3RequestTlsMode.DISABLED,
-            tls_connection_options=_tls_options(os.environ) if secure else None,
+            tls_connection_options=_tls_options() if secure else None,
             credential_provider=credentials.to_crt_credentials_provider(),
             part_size=config.part_size,
             multipart_upload_threshold=5 * 2**30,  # always one PUT: bodies are one part
@@ -320,13 +320,20 @@ def _timestamp(text: str | None) -> datetime | None:
         return cast(datetime, parse_timestamp(text))
 
 
-def _tls_options(environ: Mapping[str, str]) -> TlsConnectionOptions:
-    """The system's trust store, or the CA bundle the environment names for botocore."""
+def _tls_options() -> TlsConnectionOptions:
+    """The CA bundle botocore trusts for the same client, else the system's trust store."""
     options = TlsContextOptions()
-    bundle = next((environ[name] for name in CA_BUNDLE_ENVIRONMENT if environ.get(name)), None)
+    bundle = ca_bundle()
     if bundle:
         options.override_default_trust_store_from_path(ca_filepath=bundle)
     return ClientTlsContext(options).new_connection_options()
+
+
+def ca_bundle() -> str | None:
+    """botocore's choice, in its order: AWS_CA_BUNDLE, or `ca_bundle` in the AWS config
+    file (of AWS_PROFILE's profile), then REQUESTS_CA_BUNDLE."""
+    configured = botocore.session.get_session().get_config_variable("ca_bundle")
+    return cast(str | None, configured) or os.environ.get("REQUESTS_CA_BUNDLE") or None
 
 
 def uses_crt(setting: str, environ: Mapping[str, str]) -> bool:
