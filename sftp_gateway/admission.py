@@ -113,11 +113,19 @@ class Ticket:
         self.points += points_for(self.admission.ban_config, reason)
         self.reason = reason
 
+    def abandon(self) -> None:
+        """The server could not set the connection up: close it and give its place back
+        now, scoring nothing against the client."""
+        self.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()  # close() leaves it to the transport, which may not exist
+        self.admission._end(self, score=False)
+
     def close(self) -> None:
         """Close the connection at whatever stage it is (waking any reader at once)."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        if self.transport is not None:  # else the handshake thread meets EOF and closes
+        if self.transport is not None:  # else whoever is setting it up meets EOF and closes
             self.transport.close()
 
 
@@ -342,7 +350,7 @@ class Admission:
             except Exception:
                 log.exception("login bookkeeping failed for %s", ticket.address)
 
-    def _end(self, ticket: Ticket) -> None:
+    def _end(self, ticket: Ticket, *, score: bool = True) -> None:
         """Release a connection's place; an unauthenticated end is scored."""
         with self._lock:
             if ticket.ended:
@@ -353,7 +361,7 @@ class Admission:
                 self._counts.authenticated -= 1
             else:
                 self._counts.remove(ticket.address)
-        if not ticket.authenticated:
+        if score and not ticket.authenticated:
             self._score_end(ticket)
         if ticket.on_end is not None:  # the session-end log line
             ticket.on_end()

@@ -13,10 +13,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paramiko
 
-from sftp_gateway import __version__, crypto_policy, logs, sshcompat
+from sftp_gateway import __version__, crypto_policy, logs, metrics, sshcompat
 from sftp_gateway.admission import Admission, Ticket
 from sftp_gateway.auth import Authenticator, Principal
 from sftp_gateway.catalog import build_catalog
@@ -205,20 +206,31 @@ class Gateway:
                 continue
             route = self.proxy.route(peer[0])
             if route == "header":  # the real address comes first: read it in its thread
-                threading.Thread(
-                    target=self._proxied, args=(sock, peer[0]), name="proxy", daemon=True
-                ).start()
+                if not self._start_thread("proxy", self._proxied, sock, peer[0]):
+                    sock.close()
                 continue
             ticket = self.admission.admit(peer[0], sock) if route == "direct" else None
             if ticket is None:  # banned or over a limit: no Transport, no thread
                 sock.close()
                 continue
-            threading.Thread(
-                target=self._handshake,
-                args=(sock, peer[0], ticket),
-                name=f"ssh-{peer[0]}",
-                daemon=True,
-            ).start()
+            if not self._start_thread(f"ssh-{peer[0]}", self._handshake, sock, peer[0], ticket):
+                ticket.abandon()
+
+    @staticmethod
+    def _start_thread(
+        name: str, target: Callable[..., None], sock: socket.socket, peer: str, *args: Any
+    ) -> bool:
+        """Start one connection's thread; False (logged) when the process cannot start
+        one more (its thread or memory limit), so the accept loop lives on."""
+        try:
+            thread = threading.Thread(target=target, args=(sock, peer, *args), name=name)
+            thread.daemon = True
+            thread.start()
+        except RuntimeError as exc:
+            log.error("refused %s: cannot start a thread for it (%s)", peer, exc)
+            metrics.refused("no_thread")
+            return False
+        return True
 
     def _proxied(self, sock: socket.socket, peer: str) -> None:
         """Behind a balancer: admission (bans, per-source limits) sees the header's

@@ -166,7 +166,7 @@ def connection_accepted() -> None:
 def refused(reason: str) -> None:
     """A connection refused or closed before it could be used; `reason` is a short
     token: banned, max_connections, per_source_max_startups, max_startups,
-    auth_timeout, max_auth_tries."""
+    auth_timeout, max_auth_tries, no_thread."""
     connections_refused.labels(reason).inc()
 
 

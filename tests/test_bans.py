@@ -7,7 +7,9 @@ operator sees the ban with `bans list` and lifts it with `bans remove`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 
 from tests.helpers import make_user_key, wait_until
@@ -86,3 +88,28 @@ def test_invalid_user_scores_more_than_a_failed_key(serve_factory) -> None:
     wait_until(lambda: ATTACKER in banned_addresses(served), timeout=10)
     assert banned_addresses(served)[ATTACKER]["reason"] == "invalid_user"
     assert f"auth failed for mallory from {ATTACKER}: invalid user" in served.log_text()
+
+
+def garbage_handshake(served: ServeProcess, source: str = ATTACKER) -> None:
+    """A valid version line, then bytes that are no SSH packet (a 2 GiB length)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", served.port))
+        sock.recv(256)  # the server's version line
+        sock.sendall(b"SSH-2.0-fuzzer\r\n" + b"\x7f\xff\xff\xff" + b"\x00" * 60)
+        with contextlib.suppress(OSError):
+            while sock.recv(4096):  # until the server closes
+                pass
+
+
+def test_a_broken_handshake_scores_a_protocol_error(serve_factory) -> None:
+    served = serve_factory(ban_config(threshold=6))
+    garbage_handshake(served)
+    assert ATTACKER not in banned_addresses(served)  # 3 points of 6
+    garbage_handshake(served)
+    wait_until(lambda: ATTACKER in banned_addresses(served), timeout=10)
+    entry = banned_addresses(served)[ATTACKER]
+    assert entry["score"] == 6 and entry["reason"] == "protocol_error"
+    assert f"SSH handshake with {ATTACKER} failed" in served.log_text()
+    assert served.user_can_upload()  # 127.0.0.1 is not concerned
