@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Mapping, MutableMapping
@@ -120,9 +121,25 @@ def configure(
     root.addHandler(handler)
     root.setLevel(level)
     _installed = handler
+    threading.excepthook = log_thread_crash
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return True
+
+
+def log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """A thread ended by an exception nothing caught: one ERROR line in the log's own
+    format (JSON stays JSON), instead of Python's bare traceback on stderr."""
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("sftp_gateway").error(
+        "thread %s ended by an uncaught %s",
+        name,
+        args.exc_type.__name__,
+        exc_info=args.exc_value,
+        extra=fields("thread.crashed", thread_name=name),
+    )
 
 
 class ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,3 +166,25 @@ def test_a_refused_request_is_logged_with_who_and_from_where(
     auth = wait_for_event(served, "auth.ok")
     assert refused[0]["addr"] == "127.0.0.1"
     assert refused[0]["conn"] == auth["conn"]  # the session of alice's key
+
+
+def test_a_thread_that_crashes_is_one_json_line_not_a_bare_traceback() -> None:
+    """Anything a thread does not catch reaches the log in its format, with the thread's
+    name and the traceback in the line's `exception` field."""
+    program = (
+        "import threading\n"
+        "from sftp_gateway import logs\n"
+        "logs.configure('json')\n"
+        "def broken(): raise ZeroDivisionError('boom')\n"
+        "thread = threading.Thread(target=broken, name='uploads-sender')\n"
+        "thread.start(); thread.join()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [json.loads(text) for text in result.stderr.splitlines()]
+    assert line["event"] == "thread.crashed" and line["thread_name"] == "uploads-sender"
+    assert line["level"] == "ERROR"
+    assert line["message"] == "thread uploads-sender ended by an uncaught ZeroDivisionError"
+    assert "ZeroDivisionError: boom" in line["exception"]
