@@ -276,8 +276,11 @@ class Admission:
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
-            self._expire_due(time.monotonic())
-            self._sweep()
+            try:
+                self._expire_due(time.monotonic())
+                self._sweep()
+            except Exception:  # one bad connection must not end login grace for all
+                log.exception("admission watchdog: a round failed; going on")
             with self._lock:
                 next_deadline = self._deadlines[0][0] if self._deadlines else None
             wait = SWEEP_SECONDS

@@ -1,5 +1,5 @@
-"""The accept loop lives through what one connection costs: a process that cannot
-start one more thread refuses that connection and goes on serving."""
+"""The accept loop and the admission watchdog live through what one connection does: a
+thread that cannot start, an end-of-session hook that raises."""
 
 from __future__ import annotations
 
@@ -36,3 +36,25 @@ def test_a_connection_without_a_thread_is_refused_and_the_next_one_is_served(
     admission = gateway.gateway.admission
     assert gateway.sftp("ls /\n").returncode == 0  # the loop still accepts and serves
     wait_until(lambda: admission.counts() == (0, 0), timeout=10)  # every place given back
+
+
+def test_a_failing_session_end_does_not_stop_the_admission_watchdog(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watchdog releases every connection's place and enforces the login grace; if
+    one connection's end hook raised and ended it, places would never be given back
+    and max_startups would in time refuse everyone."""
+    from sftp_gateway.ssh import GatewayServer
+
+    def broken_end_line(_server: GatewayServer) -> None:
+        raise RuntimeError("session-end line failed")
+
+    monkeypatch.setattr(GatewayServer, "log_session_end", broken_end_line)
+    admission = gateway.gateway.admission
+    with caplog.at_level(logging.ERROR, logger="sftp_gateway.admission"):
+        for _ in range(2):
+            assert gateway.sftp("ls /\n").returncode == 0
+            wait_until(lambda: admission.counts() == (0, 0), timeout=10)
+    assert "admission watchdog: a round failed" in caplog.text
+    watchdog = [t for t in threading.enumerate() if t.name == "admission-watchdog"]
+    assert watchdog and all(thread.is_alive() for thread in watchdog)
