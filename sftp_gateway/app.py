@@ -227,7 +227,8 @@ class Gateway:
             thread.daemon = True
             thread.start()
         except RuntimeError as exc:
-            log.error("refused %s: cannot start a thread for it (%s)", peer, exc)
+            extra = logs.fields("refused", addr=peer, reason="no_thread")
+            log.error("refused %s: cannot start a thread for it (%s)", peer, exc, extra=extra)
             metrics.refused("no_thread")
             return False
         return True
