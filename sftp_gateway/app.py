@@ -207,6 +207,7 @@ class Gateway:
             route = self.proxy.route(peer[0])
             if route == "header":  # the real address comes first: read it in its thread
                 if not self._start_thread("proxy", self._proxied, sock, peer[0]):
+                    self.proxy.unread()
                     sock.close()
                 continue
             ticket = self.admission.admit(peer[0], sock) if route == "direct" else None

@@ -238,6 +238,11 @@ class ProxyGate:
         )
         return "refuse"
 
+    def unread(self) -> None:
+        """A `header` route whose header will never be read (its thread could not
+        start): the slot `route()` took goes back."""
+        self._slots.release()
+
     def client_address(self, sock: socket.socket, peer: str) -> str | None:
         """The client's address from the header (the peer's without one); None: closed."""
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,37 @@ def test_a_failing_session_end_does_not_stop_the_admission_watchdog(
     assert "admission watchdog: a round failed" in caplog.text
     watchdog = [t for t in threading.enumerate() if t.name == "admission-watchdog"]
     assert watchdog and all(thread.is_alive() for thread in watchdog)
+
+
+def test_behind_a_balancer_a_connection_without_a_thread_gives_its_header_slot_back(
+    gateway_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most max_startups' last number of connections wait for their PROXY header; a
+    connection whose thread could not start must not keep its place among them."""
+    gateway = gateway_factory(
+        {
+            "server": {
+                "proxy_protocol": "required",
+                "proxy_trusted_networks": ["127.0.0.1/32"],
+                "max_startups": "2:30:3",  # 3 may wait for their header
+            }
+        }
+    )
+    real_start = threading.Thread.start
+    refused: list[str] = []
+
+    def proxy_threads_fail(thread: threading.Thread) -> None:
+        if thread.name == "proxy" and len(refused) < 4:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", proxy_threads_fail)
+    for _ in range(4):  # one more than there are places
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as doomed:
+            assert doomed.recv(256) == b""
+    assert len(refused) == 4
+
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as client:
+        client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 22\r\n")
+        assert client.recv(256).startswith(b"SSH-2.0-")  # read its header, then answered
