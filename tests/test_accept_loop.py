@@ -13,19 +13,26 @@ import pytest
 from tests.helpers import RunningGateway, wait_until
 
 
-def test_a_connection_without_a_thread_is_refused_and_the_next_one_is_served(
-    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def fail_thread_starts(monkeypatch: pytest.MonkeyPatch, prefix: str, times: int) -> list[str]:
+    """The next `times` threads named `prefix...` fail to start, as when the process is
+    at its thread limit; returns their names as they fail."""
     real_start = threading.Thread.start
     refused: list[str] = []
 
-    def start_failing_once(thread: threading.Thread) -> None:
-        if thread.name.startswith("ssh-") and not refused:
+    def start(thread: threading.Thread) -> None:
+        if thread.name.startswith(prefix) and len(refused) < times:
             refused.append(thread.name)
             raise RuntimeError("can't start new thread")
         real_start(thread)
 
-    monkeypatch.setattr(threading.Thread, "start", start_failing_once)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return refused
+
+
+def test_a_connection_without_a_thread_is_refused_and_the_next_one_is_served(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = fail_thread_starts(monkeypatch, "ssh-", times=1)
     with (
         caplog.at_level(logging.ERROR, logger="sftp_gateway.app"),
         socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as doomed,
@@ -75,16 +82,7 @@ def test_behind_a_balancer_a_connection_without_a_thread_gives_its_header_slot_b
             }
         }
     )
-    real_start = threading.Thread.start
-    refused: list[str] = []
-
-    def proxy_threads_fail(thread: threading.Thread) -> None:
-        if thread.name == "proxy" and len(refused) < 4:
-            refused.append(thread.name)
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", proxy_threads_fail)
+    refused = fail_thread_starts(monkeypatch, "proxy", times=4)
     for _ in range(4):  # one more than there are places
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as doomed:
             assert doomed.recv(256) == b""

@@ -362,6 +362,16 @@ def https_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
         server.stop()
 
 
+def assert_crt_stores_over_https(server: SeaweedServer, bucket: str) -> None:
+    """A small file goes through the CRT client over HTTPS (not botocore) and lands."""
+    storage = crt_storage(server.https_endpoint, bucket)
+    sent_by_botocore = botocore_puts(storage)
+    storage.put("over-tls.pdf", b"%PDF-over TLS", {"original-name": "n"}, "application/pdf")
+    assert sent_by_botocore == []
+    body = storage.client.get_object(Bucket=bucket, Key="over-tls.pdf")["Body"].read()
+    assert body == b"%PDF-over TLS"
+
+
 @pytest.mark.seaweedfs
 @needs_seaweed
 def test_over_https_the_crt_client_trusts_the_ca_bundle_botocore_uses(
@@ -370,12 +380,7 @@ def test_over_https_the_crt_client_trusts_the_ca_bundle_botocore_uses(
     server, ca = https_seaweed
     bucket = server.create_bucket()
     monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
-    storage = crt_storage(server.https_endpoint, bucket)
-    sent_by_botocore = botocore_puts(storage)
-    storage.put("over-tls.pdf", b"%PDF-over TLS", {"original-name": "n"}, "application/pdf")
-    assert sent_by_botocore == []
-    body = storage.client.get_object(Bucket=bucket, Key="over-tls.pdf")["Body"].read()
-    assert body == b"%PDF-over TLS"
+    assert_crt_stores_over_https(server, bucket)
 
     other = ca.parent / "other"
     other.mkdir(exist_ok=True)
@@ -399,9 +404,4 @@ def test_over_https_the_crt_client_trusts_the_ca_bundle_of_the_aws_config_file(
     config_file = tmp_path / "aws-config"
     config_file.write_text(f"[default]\nca_bundle = {ca}\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config_file))
-    storage = crt_storage(server.https_endpoint, bucket)
-    sent_by_botocore = botocore_puts(storage)
-    storage.put("config-ca.pdf", b"%PDF-config CA", {"original-name": "n"}, "application/pdf")
-    assert sent_by_botocore == []
-    body = storage.client.get_object(Bucket=bucket, Key="config-ca.pdf")["Body"].read()
-    assert body == b"%PDF-config CA"
+    assert_crt_stores_over_https(server, bucket)
