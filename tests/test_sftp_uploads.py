@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import signal
 import subprocess
 import time
@@ -13,8 +14,16 @@ from pathlib import Path
 
 import paramiko
 import pytest
+import sqlalchemy.exc
 
-from tests.helpers import MIB, SSH_OPTIONS, make_pdf, sha256_file, tagged_sha256
+from tests.helpers import (
+    MIB,
+    SSH_OPTIONS,
+    RunningGateway,
+    make_pdf,
+    sha256_file,
+    tagged_sha256,
+)
 
 PART = 5 * MIB
 NO_POLICY = {"uploads": {"allowed_extensions": [], "require_pdf_signature": False}}
@@ -258,3 +267,32 @@ def test_rsa_sha2_and_ecdsa_keys_log_in(gateway, tmp_path: Path, kind: str) -> N
     result = gateway.sftp("ls\n", key=key_path, extra_args=["-v"])
     if kind == "rsa":  # OpenSSH signs with SHA-2, never the SHA-1 ssh-rsa signature
         assert "rsa-sha2-512" in result.stderr or "rsa-sha2-256" in result.stderr
+
+
+def test_a_catalog_outage_at_open_is_a_clear_status_not_an_internal_error(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database went away (a restart, a dropped connection): the client is told so
+    in words, the log has one WARNING without a traceback, and nothing is stored."""
+
+    def catalog_down(*_args: object) -> None:
+        raise sqlalchemy.exc.OperationalError(
+            "SELECT uploads.id FROM uploads", {}, ConnectionError("server closed the connection")
+        )
+
+    monkeypatch.setattr(gateway.catalog, "interrupted_upload", catalog_down)
+    client = gateway.ssh_client()
+    try:
+        sftp = client.open_sftp()
+        with (
+            caplog.at_level(logging.WARNING, logger="sftp_gateway.sftp.errors"),
+            pytest.raises(OSError, match="catalog is unavailable; try again in a moment"),
+        ):
+            sftp.open("/report.pdf", "wb")
+    finally:
+        client.close()
+    assert "catalog unavailable during an SFTP request: server closed the connection" in (
+        caplog.text
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not gateway.object_exists(gateway.key_for("report.pdf"))

@@ -11,10 +11,12 @@ from paramiko.sftp import (
     SFTP_OP_UNSUPPORTED,
     SFTP_PERMISSION_DENIED,
 )
+from sqlalchemy.exc import OperationalError
 
 from sftp_gateway import errors
 
 log = logging.getLogger(__name__)
+CATALOG_UNAVAILABLE = "the server's catalog is unavailable; try again in a moment"
 
 _STATUS = (
     (errors.NotFound, SFTP_NO_SUCH_FILE),
@@ -41,6 +43,10 @@ def status_for(exc: BaseException, context: Mapping[str, object] | None = None) 
             if isinstance(exc, kind):
                 return code, str(exc)
         return SFTP_FAILURE, str(exc)
+    if isinstance(exc, OperationalError):  # the database is down or the connection lost
+        reason = str(exc.orig or exc).splitlines()[0]
+        log.warning("catalog unavailable during an SFTP request: %s", reason, extra=extra)
+        return SFTP_FAILURE, CATALOG_UNAVAILABLE
     if isinstance(exc, UnicodeDecodeError):  # paramiko decodes names strictly as UTF-8
         log.info("request refused: a name in the request is not valid UTF-8", extra=extra)
         return SFTP_FAILURE, "file names must be valid UTF-8"
