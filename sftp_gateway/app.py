@@ -18,6 +18,7 @@ from typing import Any
 import paramiko
 
 from sftp_gateway import __version__, crypto_policy, logs, metrics, sshcompat
+from sftp_gateway.addresses import canonical_ip
 from sftp_gateway.admission import Admission, Ticket
 from sftp_gateway.auth import Authenticator, Principal
 from sftp_gateway.catalog import build_catalog
@@ -195,7 +196,7 @@ class Gateway:
         assert self._listener is not None
         while not self._stopping.is_set():
             try:
-                sock, peer = self._listener.accept()
+                sock, address = self._listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -204,17 +205,18 @@ class Gateway:
                 log.exception("accept failed")
                 time.sleep(0.1)
                 continue
-            route = self.proxy.route(peer[0])
+            peer = canonical_ip(address[0])
+            route = self.proxy.route(peer)
             if route == "header":  # the real address comes first: read it in its thread
-                if not self._start_thread("proxy", self._proxied, sock, peer[0]):
+                if not self._start_thread("proxy", self._proxied, sock, peer):
                     self.proxy.unread()
                     sock.close()
                 continue
-            ticket = self.admission.admit(peer[0], sock) if route == "direct" else None
+            ticket = self.admission.admit(peer, sock) if route == "direct" else None
             if ticket is None:  # banned or over a limit: no Transport, no thread
                 sock.close()
                 continue
-            if not self._start_thread(f"ssh-{peer[0]}", self._handshake, sock, peer[0], ticket):
+            if not self._start_thread(f"ssh-{peer}", self._handshake, sock, peer, ticket):
                 ticket.abandon()
 
     @staticmethod

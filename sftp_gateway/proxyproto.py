@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sftp_gateway import logs
+from sftp_gateway.addresses import canonical_ip
 
 log = logging.getLogger(__name__)
 V1_PREFIX = b"PROXY "
@@ -262,7 +263,7 @@ class ProxyGate:
             self._slots.release()
         if header is None or header.source is None:
             return peer
-        return header.source[0]
+        return canonical_ip(header.source[0])
 
 
 def read_header(

@@ -124,6 +124,7 @@ def serve_factory(
             kwargs.pop("endpoint", moto_endpoint),
             kwargs.pop("bucket", bucket_name),
             config,
+            **kwargs,
         )
         started.append(served)
         return served

@@ -138,13 +138,19 @@ class ServeProcess:
 
 
 def start_serve(
-    tmp: Path, endpoint: str, bucket: str, extra: dict[str, Any] | None = None
+    tmp: Path,
+    endpoint: str,
+    bucket: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    listen_host: str = "127.0.0.1",
 ) -> ServeProcess:
-    """Write a config, create the bucket, add alice, start `serve`, wait for its port."""
+    """Write a config, create the bucket, add alice, start `serve`, wait for its port
+    (`listen_host="[::]"`: a dual-stack listener, still reached on 127.0.0.1)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = deep_merge(base_config(tmp, endpoint, bucket), extra or {})
-    config["server"]["listen"] = f"127.0.0.1:{port}"
+    config["server"]["listen"] = f"{listen_host}:{port}"
     config_path = tmp / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config))
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sftp_gateway.addresses import canonical_ip
 from sftp_gateway.auth import parse_public_key
 from sftp_gateway.keyoptions import KeyOptionError, parse_options
 from tests.helpers import make_user_key
@@ -57,6 +58,36 @@ def test_from_option_allows_only_matching_addresses_and_logs_refusals(
     }
     assert keys[not_two_fp]["options"] == 'from="127.0.0.0/8,!127.0.0.2",no-pty,restrict'
     assert 'from="10.9.9.9"' in served.cli("users", "list").stdout
+
+
+def test_from_option_sees_ipv4_clients_of_a_dual_stack_listener_as_ipv4(
+    serve_factory: Callable[..., ServeProcess],
+) -> None:
+    """On `[::]` the socket names an IPv4 client `::ffff:127.0.0.1`; sshd matches it as
+    127.0.0.1, and so must the gateway, or `!127.0.0.1` would not keep it out."""
+    served = serve_factory(listen_host="[::]")
+    not_local, not_local_fp = add_key_with_options(served, "notlocal", 'from="!127.0.0.1,*"')
+    only_local, _ = add_key_with_options(served, "onlylocal", 'from="127.0.0.0/8"')
+
+    assert not logs_in(served, not_local)
+    assert logs_in(served, only_local)
+    log = served.log_text()
+    assert f"auth failed for alice from 127.0.0.1: key {not_local_fp} not allowed" in log
+    assert "::ffff:" not in log
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("::FFFF:c000:0207", "192.0.2.7"),
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:DB8::0001", "2001:db8::1"),
+        ("not-an-ip", "not-an-ip"),
+    ],
+)
+def test_client_addresses_take_one_spelling(raw: str, canonical: str) -> None:
+    assert canonical_ip(raw) == canonical
 
 
 def test_expired_key_is_refused_and_unsupported_options_are_refused_at_add_key(

@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp
 
+from sftp_gateway.addresses import canonical_ip
+
 log = logging.getLogger(__name__)
 COOKIE = "sftp_gateway_admin"
 OPEN_PATHS = frozenset({"/healthz"})
@@ -58,7 +60,7 @@ class TokenGate(BaseHTTPMiddleware):
             return await self._accept_query_token(request, call_next)
         if self._has_bearer(request) or _same(request.cookies.get(COOKIE, ""), self.cookie):
             return await call_next(request)
-        source = request.client.host if request.client else "unknown"
+        source = canonical_ip(request.client.host) if request.client else "unknown"
         log.warning(
             "refused %s: admin request %s %s without a valid token",
             source,

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sftp_gateway import admission as admission_module
+from sftp_gateway.addresses import canonical_ip
 from sftp_gateway.catalog.links import LinkStore, UploadLink
 from sftp_gateway.errors import GatewayError
 from sftp_gateway.filesystem import UserFilesystem
@@ -58,7 +59,7 @@ def user_agent(request: Request) -> str | None:
 
 
 def source_of(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return canonical_ip(request.client.host) if request.client else "unknown"
 
 
 class UploadLinks:
