@@ -245,6 +245,7 @@ class UserFilesystem:
             exists=exists,
             existing_size=probe.file.size if probe.file else 0,
             partial=self.catalog.interrupted_upload(self.storage.bucket, final_key),
+            may_overwrite=self.principal.may("overwrite"),
         )
         return FileWriter(
             self.uploader,

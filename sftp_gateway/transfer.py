@@ -166,6 +166,7 @@ class Target:
     exists: bool = False  # a complete object is at the name opened
     existing_size: int = 0
     partial: UploadRecord | None = None  # a resumable upload of the final key
+    may_overwrite: bool = True  # the account's permission, for a publish after OPEN
 
     @property
     def temporary(self) -> bool:
@@ -272,6 +273,7 @@ class ActiveUploads:
 
     def __init__(self, max_per_user: int | None = None) -> None:
         self._by_key: dict[str, FileWriter] = {}
+        self._publishing: dict[str, FileWriter] = {}  # final key -> its writer
         self._owner_of: dict[str, str] = {}  # key -> user it is charged to
         self._per_user: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -284,9 +286,12 @@ class ActiveUploads:
         view.owner = owner
         return view
 
-    def claim(self, key: str, writer: FileWriter) -> None:
+    def claim(self, writer: FileWriter) -> None:
+        """Register a writer under the name it opened and the name it will publish:
+        a second writer of either (a.pdf beside a.pdf.filepart) is told the file is busy."""
+        key, final = writer.visible_key, writer.final_key
         with self._lock:
-            if key in self._by_key:
+            if key in self._by_key or final in self._publishing:
                 if self.owner is not None:
                     log.warning(
                         "upload refused for %s from %s: %s: %s",
@@ -299,6 +304,7 @@ class ActiveUploads:
             if self.owner is not None:
                 self._charge(self.owner, key)
             self._by_key[key] = writer
+            self._publishing[final] = writer
 
     def _charge(self, owner: Owner, key: str) -> None:
         """Count one more open upload for owner.user, or refuse it past the cap."""
@@ -310,8 +316,11 @@ class ActiveUploads:
         self._per_user[owner.user] = count + 1
         self._owner_of[key] = owner.user
 
-    def release(self, key: str, writer: FileWriter) -> None:
+    def release(self, writer: FileWriter) -> None:
+        key = writer.visible_key
         with self._lock:
+            if self._publishing.get(writer.final_key) is writer:
+                del self._publishing[writer.final_key]
             if self._by_key.get(key) is writer:
                 del self._by_key[key]
                 user = self._owner_of.pop(key, None)
@@ -864,6 +873,7 @@ class FileWriter:
         self._failure: GatewayError | None = None
         self.path = target.path
         self.visible_key = target.visible_key
+        self.final_key = target.final_key
         self.truncate = truncate
         self.append = append
         self.temporary = target.temporary
@@ -882,7 +892,7 @@ class FileWriter:
             memory=services.memory.lease(uploader.owner),
             disk=services.spill.lease(uploader.owner),
         )
-        registry.claim(target.visible_key, self)
+        registry.claim(self)
         if session is not None:
             session.add(self)
 
@@ -960,12 +970,24 @@ class FileWriter:
             return
         try:
             if self.sealed and self.temporary and self.upload is not None:
-                log.info("publishing %s: closed but never renamed", self.upload.key)
-                self.publish()
+                self._publish_unrenamed()
             elif self.upload is not None:
                 self.upload.abandon(reason)
         finally:
             self._release()
+
+    def _publish_unrenamed(self) -> None:
+        """Publish a sealed temporary file at its session's end, unless a file took its
+        final name since OPEN and this account may not overwrite: the rename it was
+        refused must not happen by disconnecting."""
+        assert self.upload is not None
+        final_key = self._target.final_key
+        if not self._target.may_overwrite and self._uploader.storage.head(final_key) is not None:
+            log.info("not publishing %s: %s exists now", self.upload.key, final_key)
+            self.upload.discard(f"{self._target.final_path} exists and may not be overwritten")
+            return
+        log.info("publishing %s: closed but never renamed", self.upload.key)
+        self.publish()
 
     def discard(self, reason: str) -> None:
         """REMOVE of a file still open or awaiting its rename: abort, publish nothing."""
@@ -1076,6 +1098,6 @@ class FileWriter:
     def _release(self) -> None:
         self._finished = True
         self._reorder.close()
-        self._registry.release(self.visible_key, self)
+        self._registry.release(self)
         if self._session is not None:
             self._session.remove(self)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
+from sftp_gateway.auth import DEFAULT_PERMISSIONS
+from sftp_gateway.errors import PermissionDenied
 from sftp_gateway.gc import GcReport, collect_garbage, recover_after_crash
 from sftp_gateway.records import UploadRecord
 from sftp_gateway.transfer import (
@@ -97,6 +99,51 @@ def test_a_temporary_file_closed_but_never_renamed_is_published_when_its_session
     again = bench.fs().open_upload("/x.pdf")  # not "being uploaded by another session"
     write_all(again, body(1000))
     again.commit()
+
+
+def test_a_temporary_file_is_not_published_over_a_file_its_account_may_not_overwrite(
+    bench: Bench,
+) -> None:
+    """The rename this account is refused (no `overwrite`) must not happen by
+    disconnecting: a file that took the final name after OPEN stays as it is."""
+    no_overwrite = DEFAULT_PERMISSIONS - {"overwrite"}
+    session = SessionUploads()
+    temporary = bench.fs(permissions=no_overwrite).open_upload("/r.pdf.filepart", session=session)
+    write_all(temporary, body(2000))
+    assert temporary.commit() is None
+    original = body(3000)
+    bench.storage.put("incoming/alice/r.pdf", original, {}, "application/pdf")  # meanwhile
+    with pytest.raises(PermissionDenied):
+        bench.fs(permissions=no_overwrite).rename("/r.pdf.filepart", "/r.pdf", overwrite=True)
+
+    session.close_out()
+
+    assert bench.storage.read_bytes("incoming/alice/r.pdf") == original
+    [row] = bench.rows("r.pdf")
+    assert row.status == "aborted" and "may not be overwritten" in (row.error or "")
+    assert bench.storage.list_multipart_uploads("") == []
+    assert bench.active.all() == [] and bench.in_use() == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("/f.pdf.filepart", "/f.pdf"), ("/f.pdf", "/f.pdf.part"), ("/f.pdf.part", "/f.pdf.filepart")],
+)
+def test_two_names_of_one_file_cannot_be_written_at_once(
+    bench: Bench, first: str, second: str
+) -> None:
+    """A temporary name and its final name (or two temporary names of one file) would
+    stream to one object, the last CLOSE winning: the second is told the file is busy."""
+    writer = bench.fs().open_upload(first)
+    with pytest.raises(FileBusy):
+        bench.fs().open_upload(second)
+    write_all(writer, body(1000))
+    writer.commit()
+    if writer.temporary:
+        bench.fs().rename(first, "/f.pdf", overwrite=False)
+    later = bench.fs().open_upload(second)  # free again once the first is published
+    later.discard("test")
+    assert bench.active.all() == []
 
 
 def test_an_open_file_is_kept_resumable_when_its_session_ends(bench: Bench) -> None:
@@ -207,7 +254,7 @@ def completing_row(bench: Bench, name: str, *, publish: bool, keep_multipart: bo
         bench.storage.complete_multipart(key, row.s3_upload_id or "", parts)
     elif not keep_multipart:
         bench.storage.abort_multipart(key, row.s3_upload_id or "")
-    bench.active.release(writer.visible_key, writer)
+    bench.active.release(writer)
     return row.id
 
 

@@ -47,9 +47,14 @@ class Bench:
         self.services = UploadServices.from_settings(self.settings)
         self.active = ActiveUploads()
 
-    def fs(self, user: str = "alice", ip: str = "127.0.0.2") -> UserFilesystem:
+    def fs(
+        self,
+        user: str = "alice",
+        ip: str = "127.0.0.2",
+        permissions: frozenset[str] = DEFAULT_PERMISSIONS,
+    ) -> UserFilesystem:
         return UserFilesystem(
-            principal=Principal(user, user, DEFAULT_PERMISSIONS),
+            principal=Principal(user, user, permissions),
             settings=self.settings,
             storage=self.storage,
             catalog=self.catalog,
