@@ -28,7 +28,7 @@ from sftp_gateway.errors import (
 from sftp_gateway.listings import RecentListings
 from sftp_gateway.paths import Jail, normalize
 from sftp_gateway.records import UploadRecord
-from sftp_gateway.storage.base import Probe, Storage
+from sftp_gateway.storage.base import Storage
 from sftp_gateway.transfer import (
     ActiveUploads,
     ClientInfo,
@@ -224,27 +224,34 @@ class UserFilesystem:
         check_name_allowed(final, self.settings.uploads.allowed_extensions)
         final_key = self.jail.key(final)
         temporary = final_key != visible_key
-        # A plain truncating open by a user who may overwrite does not need to know what
-        # is there (OpenSSH's put has just STATed it): one round trip less per file.
+        # A plain truncating open by a user who may overwrite needs to know only that the
+        # name is no directory, which OpenSSH's put has just STATed: one round trip less.
         blind = truncate and not exclusive and not temporary and self.principal.may("overwrite")
-        probe = Probe(None, False) if blind else self.storage.probe(visible_key)
+        probe = (self.recent.last_probe(visible_key) if blind else None) or self.storage.probe(
+            visible_key
+        )
         if probe.is_dir:
             raise InvalidRequest(f"{virtual} is a directory")
         exists = probe.file is not None
-        if exists and exclusive:
+        partial = self.catalog.interrupted_upload(self.storage.bucket, final_key)
+        if exclusive and (exists or partial is not None):  # STAT shows a partial as a file
             raise AlreadyExists(f"{virtual} already exists")
         if exists or (temporary and self.storage.head(final_key) is not None):
             self.require("overwrite")
         self.recent.touched(visible_key)
         self.recent.touched(final_key)
+        existing_size, compression = (
+            self._existing_content(visible_key) if exists and not truncate else (0, None)
+        )
         target = Target(
             path=virtual,
             visible_key=visible_key,
             final_path=final,
             final_key=final_key,
             exists=exists,
-            existing_size=probe.file.size if probe.file else 0,
-            partial=self.catalog.interrupted_upload(self.storage.bucket, final_key),
+            existing_size=existing_size,
+            existing_compression=compression,
+            partial=partial,
             may_overwrite=self.principal.may("overwrite"),
         )
         return FileWriter(
@@ -257,16 +264,33 @@ class UserFilesystem:
             expected_size=expected_size,
         )
 
+    def _existing_content(self, key: str) -> tuple[int, str | None]:
+        """The size a client sees of the file it opened without truncating (what it
+        appends to, or writes over) and how it is stored: APPEND to a compressed object
+        continues its original bytes, not its compressed ones."""
+        info = self.storage.head(key)
+        if info is None:
+            return 0, None
+        compression = info.metadata.get("compression")
+        if compression not in DECOMPRESSORS:
+            return info.size, None
+        return self._original_size(key, info.size), compression
+
     def final_name(self, virtual: str) -> str:
         """The name a temporary upload name stands for (`a.pdf.filepart` -> `a.pdf`)."""
         base = posixpath.basename(virtual)
         for pattern in self.settings.uploads.temp_name_patterns:
-            if fnmatch.fnmatchcase(base, pattern) and pattern.startswith("*."):
-                return virtual[: -len(pattern) + 1]
+            suffix = pattern[1:]  # "*.part" -> ".part"; `.part` alone names no file
+            named = pattern.startswith("*.") and len(base) > len(suffix)
+            if named and fnmatch.fnmatchcase(base, pattern):
+                return virtual[: -len(suffix)]
         return virtual
 
     def set_mtime(self, path: str, mtime: int) -> None:
-        """Keep a client's modification time (sftp -p, rclone, WinSCP) in the catalog."""
+        """Keep a client's modification time (sftp -p, rclone, WinSCP) in the catalog.
+        Directories keep none (S3 has no directories): their times are accepted, unkept."""
+        if normalize(path) == "/":
+            return
         key = self.jail.key(path)
         writer = self.active.get(key)
         if writer is not None:
@@ -306,6 +330,9 @@ class UserFilesystem:
         self.recent.touched(key)
         if self.storage.probe(key).exists:
             raise AlreadyExists(f"{virtual} already exists")
+        parent = posixpath.dirname(virtual)
+        if parent != "/" and self.storage.head(self.jail.key(parent)) is not None:
+            raise InvalidRequest(f"{parent} is a file, not a directory")
         self.storage.make_dir(key + "/")
 
     def rmdir(self, path: str) -> None:
@@ -341,11 +368,19 @@ class UserFilesystem:
                 raise NotSupported("renaming directories is not supported")
             raise NotFound(f"no such file: {old_virtual}")
         check_name_allowed(new_virtual, self.settings.uploads.allowed_extensions)
-        if self.storage.head(new_key) is not None:
+        self._check_rename_target(new_virtual, new_key, overwrite=overwrite)
+        self._move_object(old_key, new_key, new_virtual)
+
+    def _check_rename_target(self, new_virtual: str, new_key: str, *, overwrite: bool) -> None:
+        """A file may take the name of a file (posix-rename, with `overwrite`), never
+        the name of a directory: S3 would hold both and list the name twice."""
+        target = self.storage.probe(new_key)
+        if target.is_dir:
+            raise InvalidRequest(f"{new_virtual} is a directory")
+        if target.file is not None:
             if not overwrite:
                 raise AlreadyExists(f"{new_virtual} already exists")
             self.require("overwrite")
-        self._move_object(old_key, new_key, new_virtual)
 
     def _move_object(self, old_key: str, new_key: str, new_virtual: str) -> None:
         """Server-side copy then delete; the catalog follows the object."""
@@ -362,10 +397,7 @@ class UserFilesystem:
         if not writer.sealed or writer.upload is None:
             raise InvalidRequest(f"{writer.path} is still being uploaded; close it first")
         check_name_allowed(new_virtual, self.settings.uploads.allowed_extensions)
-        if self.storage.head(new_key) is not None:
-            if not overwrite:
-                raise AlreadyExists(f"{new_virtual} already exists")
-            self.require("overwrite")
+        self._check_rename_target(new_virtual, new_key, overwrite=overwrite)
         if writer.upload.key == new_key:
             writer.publish(path=new_virtual)
             return

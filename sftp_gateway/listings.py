@@ -74,10 +74,26 @@ class RecentListings(Generic[R]):
         self._views: dict[str, _View[R]] = {}
         self._touched: set[str] = set()
         self._enabled = ttl > 0
+        self._last: tuple[str, Probe, float] | None = None  # the last name probed
 
     def probe(self, key: str) -> Probe:
         """File, directory or nothing, as S3 says now or said less than `ttl` ago."""
-        if not self._enabled or key in self._touched:
+        if not self._enabled:
+            return self._storage.probe(key)
+        found = self._probe(key)
+        self._last = (key, found, self._clock())
+        return found
+
+    def last_probe(self, key: str) -> Probe | None:
+        """What the STAT just before said of `key` (OpenSSH STATs a name, then opens
+        it), if that was this session's last probe, less than `ttl` ago; else None."""
+        if self._last is None or self._last[0] != key:
+            return None
+        _, found, at = self._last
+        return found if self._clock() - at < self._ttl else None
+
+    def _probe(self, key: str) -> Probe:
+        if key in self._touched:
             return self._storage.probe(key)
         prefix, name = _split(key)
         now = self._clock()
@@ -102,6 +118,8 @@ class RecentListings(Generic[R]):
         and for the directories above it (a write into `a/b/` makes `a/b` exist)."""
         if not self._enabled:
             return
+        if self._last is not None and self._last[0] == key:
+            self._last = None
         self._views.pop(key + "/", None)  # it may have been a directory
         path = key
         while path:  # a directory's own listing stays: its touched names bypass it

@@ -28,6 +28,9 @@ class UploadStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     ABORTED = "aborted"
+    # Was completed; a rename put another file's object under its key. (A new upload of
+    # the same name leaves the older row `completed`: the newest completed row wins.)
+    REPLACED = "replaced"
 
 
 UPLOAD_STATUSES: tuple[str, ...] = tuple(status.value for status in UploadStatus)

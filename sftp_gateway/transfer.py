@@ -41,6 +41,7 @@ from sftp_gateway.config import Settings
 from sftp_gateway.errors import (
     GatewayError,
     InvalidRequest,
+    NotSupported,
     QuotaExceeded,
     StorageError,
     UploadRejected,
@@ -50,6 +51,7 @@ from sftp_gateway.s3limits import MAX_OBJECT_SIZE, part_size_for
 from sftp_gateway.storage.base import Part, Storage
 from sftp_gateway.units import human_size
 from sftp_gateway.upload.budget import Owner, ServerBusy
+from sftp_gateway.upload.compress import decompressing
 from sftp_gateway.upload.reorder import ReorderBuffer
 from sftp_gateway.upload.services import UploadServices
 from sftp_gateway.upload.stream import Checkpoint, StreamOptions, StreamResult, UploadStream
@@ -90,8 +92,14 @@ class CatalogUnavailable(GatewayError):
 
 
 def metadata_safe_name(name: str) -> str:
-    """S3 metadata is ASCII: non-ASCII names are kept as percent-encoded UTF-8."""
-    return quote(name, safe=" !#$&'()+,;=@[]^`{}~")
+    """S3 metadata is ASCII: non-ASCII names are kept as percent-encoded UTF-8. Spaces
+    stay readable inside the name but not at its ends, which HTTP trims off a header."""
+    quoted = quote(name, safe=" !#$&'()+,;=@[]^`{}~")
+    inner = quoted.strip(" ")
+    if not inner:
+        return "%20" * len(quoted)
+    start = quoted.index(inner)
+    return "%20" * start + inner + "%20" * (len(quoted) - start - len(inner))
 
 
 def content_type_for(name: str) -> str:
@@ -164,7 +172,8 @@ class Target:
     final_path: str  # the name it is published under (a.pdf)
     final_key: str
     exists: bool = False  # a complete object is at the name opened
-    existing_size: int = 0
+    existing_size: int = 0  # its size as clients see it (opened without TRUNC only)
+    existing_compression: str | None = None  # how that object is stored, if compressed
     partial: UploadRecord | None = None  # a resumable upload of the final key
     may_overwrite: bool = True  # the account's permission, for a publish after OPEN
 
@@ -880,6 +889,7 @@ class FileWriter:
         self.mtime: int | None = None
         self.upload: Upload | None = None
         self.sealed = False
+        self._writes_over_existing = False  # no TRUNC, first write at 0 of an existing file
         self.started_at = utcnow()
         self._finished = False
         self._busy = 0  # WRITE or CLOSE calls running now
@@ -927,6 +937,17 @@ class FileWriter:
         finally:
             self._busy -= 1
 
+    def truncate_to(self, size: int) -> None:
+        """FSETSTAT of the size: the file ends where the client's bytes end (what
+        OpenSSH's scp sends after its last write, having opened without TRUNC), or is
+        emptied before the first write. Any other size would change stored bytes."""
+        if size == self.size:
+            self._writes_over_existing = False
+        elif size == 0 and self.upload is None:
+            self.truncate, self._initial_size = True, 0
+        else:
+            raise NotSupported("changing a file's size is not supported")
+
     def commit(self) -> UploadRecord | None:
         """A clean CLOSE: seal, then publish unless a rename will (temporary names)."""
         self._busy += 1
@@ -944,6 +965,16 @@ class FileWriter:
             self._release()
             self.upload.reject(
                 InvalidRequest("the file has holes: some bytes before its end were never sent")
+            )
+        if self._writes_over_existing and self.upload.size < self._target.existing_size:
+            self._release()
+            self.upload.reject(
+                InvalidRequest(
+                    f"{self.path} is {self._target.existing_size} bytes and was opened without "
+                    f"truncating it: writing only its first {self.upload.size} bytes would cut "
+                    "it short (changing part of a file is not supported); open it with "
+                    "truncation to replace it"
+                )
             )
         try:
             self.upload.seal()
@@ -1074,6 +1105,7 @@ class FileWriter:
         upload = self._new_upload()
         if first_offset is None and target.exists:
             self._copy_existing_into(upload)
+        self._writes_over_existing = target.exists and not self.truncate and first_offset == 0
         return upload
 
     def _new_upload(self, resume: UploadRecord | None = None) -> Upload:
@@ -1089,6 +1121,8 @@ class FileWriter:
         """APPEND to a complete object: S3 cannot append, so the new object starts with
         the old bytes (read back once), then the client's; the SHA-256 covers both."""
         body = self._uploader.storage.open_read(self._target.final_key, 0)
+        if self._target.existing_compression is not None:
+            body = decompressing(self._target.existing_compression, body)
         try:
             while chunk := body.read(1 << 20):
                 upload.write(chunk)

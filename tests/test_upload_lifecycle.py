@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from sftp_gateway.auth import DEFAULT_PERMISSIONS
-from sftp_gateway.errors import PermissionDenied
+from sftp_gateway.errors import AlreadyExists, PermissionDenied
 from sftp_gateway.gc import GcReport, collect_garbage, recover_after_crash
 from sftp_gateway.records import UploadRecord
 from sftp_gateway.transfer import (
@@ -144,6 +144,22 @@ def test_two_names_of_one_file_cannot_be_written_at_once(
     later = bench.fs().open_upload(second)  # free again once the first is published
     later.discard("test")
     assert bench.active.all() == []
+
+
+def test_an_exclusive_create_is_refused_over_a_resumable_upload(bench: Bench) -> None:
+    """STAT shows a resumable upload as a file of its committed size, so O_EXCL must
+    see one too, not throw its parts away."""
+    session = SessionUploads()
+    write_all(bench.fs().open_upload("/r.pdf", session=session), body(PART + MIB))
+    session.close_out()
+    [row] = bench.rows("r.pdf")
+    assert row.status == "interrupted"
+
+    with pytest.raises(AlreadyExists, match=r"/r\.pdf already exists"):
+        bench.fs().open_upload("/r.pdf", exclusive=True)
+
+    [row] = bench.rows("r.pdf")
+    assert row.status == "interrupted" and row.size == PART
 
 
 def test_an_open_file_is_kept_resumable_when_its_session_ends(bench: Bench) -> None:

@@ -527,8 +527,18 @@ class Catalog:
         return {row["object_key"]: _record_of(row) for row in rows}  # the newest wins
 
     def rename_object(self, bucket: str, old_key: str, new_key: str, new_path: str) -> None:
-        """After a server-side rename, the completed uploads of the old key follow it."""
+        """After a server-side rename, the completed uploads of the old key follow it,
+        and those of the file it replaced (posix-rename) no longer describe that key."""
         with self._tx() as session:
+            session.execute(
+                update(UploadRow)
+                .where(
+                    UploadRow.bucket == bucket,
+                    UploadRow.object_key == new_key,
+                    UploadRow.status == COMPLETED,
+                )
+                .values(status=UploadStatus.REPLACED)
+            )
             session.execute(
                 update(UploadRow)
                 .where(

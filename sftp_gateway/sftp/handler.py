@@ -14,6 +14,15 @@ from sftp_gateway.filesystem import Download, FileStat, UserFilesystem
 from sftp_gateway.paths import normalize
 from sftp_gateway.transfer import FileWriter, SessionUploads
 
+# SFTP v3 sends times as uint32: paramiko cannot pack any other value, and one row with
+# a time beyond 2106 (or before 1970) would make every listing of its directory fail.
+MAX_SFTP_TIME = 2**32 - 1
+
+
+def sftp_time(seconds: int) -> int:
+    """`seconds` as SFTP v3 can carry it: clamped into 0..2**32-1."""
+    return min(max(int(seconds), 0), MAX_SFTP_TIME)
+
 
 def attributes(item: FileStat) -> paramiko.SFTPAttributes:
     attr = paramiko.SFTPAttributes()
@@ -22,7 +31,7 @@ def attributes(item: FileStat) -> paramiko.SFTPAttributes:
     attr.st_mode = item.mode
     attr.st_uid = 0
     attr.st_gid = 0
-    mtime = item.mtime if item.mtime is not None else int(time.time())
+    mtime = sftp_time(item.mtime if item.mtime is not None else int(time.time()))
     attr.st_mtime = mtime
     attr.st_atime = mtime
     return attr
@@ -55,7 +64,10 @@ class UploadHandle(paramiko.SFTPHandle):  # type: ignore[misc]
         return attributes(FileStat(name, False, self.writer.size, self.writer.mtime))
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        apply_attributes(attr, current_size=self.writer.size, set_mtime=self._set_mtime)
+        size = getattr(attr, "st_size", None)
+        if size is not None:  # OpenSSH's scp opens without TRUNC, then sets the size
+            self.writer.truncate_to(size)
+        apply_attributes(attr, current_size=None, set_mtime=self._set_mtime)
         return SFTP_OK  # type: ignore[no-any-return]
 
     def _set_mtime(self, mtime: int) -> None:
