@@ -39,6 +39,10 @@ FATAL = b"\x02"
 CHUNK = 256 * 1024
 MAX_LINE = 64 * 1024
 MAX_SIZE_DIGITS = 20  # a C line's size: 2**64 has 20 digits
+# A T line's times: SFTP v3 carries times as uint32 (to 2106-02-07), so a time it
+# cannot show is refused here, before it reaches the catalog or any listing.
+MAX_TIME = 2**32 - 1
+MAX_TIME_DIGITS = 20  # leading zeros allowed, but not thousands of digits
 # paramiko sends its reply to the exec request only after our handler returns; a
 # refusal waits this long so that the reply precedes our exit status and close.
 REPLY_GRACE_SECONDS = 0.05
@@ -355,6 +359,11 @@ class ScpSession:
         """A `C` line: stream exactly `size` bytes into a new upload, then commit."""
         _, size, name = _parse_entry(rest)
         path = posixpath.join(here, name) if here_is_dir else here
+        if not here_is_dir and here.endswith("/"):
+            # `scp f host:new/` names a directory, as OpenSSH's sink reads it: never
+            # store the file as `new` when there is no such directory.
+            self.warn(self._not_a_directory(here))
+            return
         try:
             self._check_announced_size(path, size)
             upload = self.fs.open_upload(path, expected_size=size, session=self.uploads)
@@ -383,6 +392,16 @@ class ScpSession:
             self.warn(f"{path}: {failure}")
         else:
             self.ok()
+
+    def _not_a_directory(self, path: str) -> str:
+        """Why a file cannot go into `path`: it is missing, or it is a file."""
+        try:
+            self.fs.stat(path)
+        except NotFound:
+            return f"{path}: No such directory"
+        except GatewayError as exc:
+            return _about(path, exc)
+        return f"{path}: Not a directory"
 
     def _check_announced_size(self, path: str, size: int) -> None:
         """The C line names the size before any byte: refuse a file that may not be
@@ -547,11 +566,20 @@ class ScpSession:
 
 
 def _parse_times(rest: str) -> Times:
-    """`T<mtime> <usec> <atime> <usec>`."""
+    """`T<mtime> <usec> <atime> <usec>`, each in ASCII digits, the times at most 2**32-1."""
     fields = rest.split()
-    if len(fields) != 4 or not all(f.isdigit() for f in fields):
+    # ASCII digits only, and few of them: int() of thousands of digits is an error
+    # (and "²".isdigit() is true), both would end the session as an internal error.
+    if len(fields) != 4 or not all(
+        f.isascii() and f.isdigit() and len(f) <= MAX_TIME_DIGITS for f in fields
+    ):
         raise ProtocolError(f"bad times line: T{rest[:60]}")
-    return Times(mtime=int(fields[0]), atime=int(fields[2]))
+    mtime, atime = int(fields[0]), int(fields[2])
+    if mtime > MAX_TIME or atime > MAX_TIME:
+        raise ProtocolError(
+            f"bad times line: a time after 2106-02-07 ({MAX_TIME}) is not supported: T{rest[:60]}"
+        )
+    return Times(mtime=mtime, atime=atime)
 
 
 def _parse_entry(rest: str) -> tuple[int, int, str]:
@@ -570,6 +598,11 @@ def _parse_entry(rest: str) -> tuple[int, int, str]:
     name = parts[2]
     if not name or "/" in name or name in (".", ".."):
         raise ProtocolError(f"unexpected file name {name[:60]!r}")
+    # paths.normalize reads `\` as `/`: `..\x.pdf` would climb out of the target.
+    if "\\" in name:
+        raise ProtocolError(
+            f"unexpected file name {name[:60]!r}: a name may not contain a backslash"
+        )
     return mode, int(parts[1]), name
 
 

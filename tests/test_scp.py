@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -11,8 +12,9 @@ from typing import Any
 import paramiko
 import pytest
 
-from sftp_gateway.filesystem import UserFilesystem
+from sftp_gateway.filesystem import FileStat, UserFilesystem
 from sftp_gateway.scp import parse_command
+from sftp_gateway.sftp.handler import attributes
 from tests.helpers import (
     MIB,
     SSH_OPTIONS,
@@ -313,3 +315,180 @@ def test_scp_legacy_downloads_a_file_and_a_tree(gateway, tmp_path: Path) -> None
     assert (back / "up" / "e.pdf").stat().st_size == 0
     assert int((back / "up" / "s.pdf").stat().st_mtime) == MTIME
     assert sha256_file(back / "up" / "e.pdf") == sha256_file(empty)
+
+
+# -- hostile control lines and targets ------------------------------------------------------
+
+AFTER_2106 = 7_258_118_400  # 2200-01-01: past SFTP v3's uint32 times (2106-02-07)
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The gateway's errors and tracebacks (not paramiko's line about a client's reset)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("sftp_gateway") and (r.levelno >= logging.ERROR or r.exc_info)
+    ]
+
+
+def assert_nothing_stored(running: RunningGateway, path: str) -> None:
+    key = running.key_for(path)
+    assert not running.object_exists(key)
+    assert running.catalog.uploads_for_key(running.bucket, key) == []
+    assert running.open_multipart_uploads() == []
+
+
+def test_scp_p_of_a_file_dated_after_2106_is_refused_and_listings_still_work(
+    gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    future = make_pdf(tmp_path / "future.pdf", 1000)
+    os.utime(future, (AFTER_2106, AFTER_2106))
+
+    result = scp(gateway, "-p", str(future), remote(), check=False)
+
+    assert result.returncode == 1
+    assert "bad times line" in result.stderr and "after 2106-02-07" in result.stderr
+    assert_nothing_stored(gateway, "future.pdf")
+    assert gateway.sftp("ls -l /\n").returncode == 0
+
+    # The last second SFTP can carry (2106-02-07 06:28:15 UTC) is kept as it is.
+    edge = make_pdf(tmp_path / "edge.pdf", 1000)
+    os.utime(edge, (2**32 - 1, 2**32 - 1))
+    scp(gateway, "-p", str(edge), remote())
+    [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("edge.pdf"))
+    assert (row.status, row.mtime) == ("completed", 2**32 - 1)
+    assert "edge.pdf" in gateway.sftp("ls -l /\n").stdout
+    assert "scp: protocol error: bad times line" in caplog.text
+    assert errors_logged(caplog) == []
+
+
+def test_a_listing_shows_a_stored_time_sftp_cannot_carry_clamped_to_uint32(
+    gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row stored before times were checked must not break every listing of its folder."""
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    scp(gateway, str(make_pdf(tmp_path / "old.pdf", 1000)), remote())
+    [row] = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("old.pdf"))
+    gateway.catalog.update_upload(row.id, mtime=AFTER_2106)
+
+    client = gateway.ssh_client()
+    with client:
+        sftp = client.open_sftp()
+        [listed] = sftp.listdir_attr("/")
+        assert (listed.filename, listed.st_mtime, listed.st_atime) == (
+            "old.pdf",
+            2**32 - 1,
+            2**32 - 1,
+        )
+        assert sftp.stat("/old.pdf").st_mtime == 2**32 - 1
+    assert "old.pdf" in gateway.sftp("ls -l /\n").stdout
+    assert errors_logged(caplog) == []
+
+
+@pytest.mark.parametrize("seconds", [-1, 2**32, AFTER_2106, 10**20])
+def test_sftp_attributes_clamp_any_time_into_uint32(seconds: int) -> None:
+    attr = attributes(FileStat("x.pdf", False, 1, seconds))
+    assert attr.st_mtime == attr.st_atime == min(max(seconds, 0), 2**32 - 1)
+    attr._pack(paramiko.Message())  # what paramiko does for every STAT and READDIR entry
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "T1\u00b2 0 1 0\n".encode(),  # "²".isdigit() is true, int() refuses it
+        "T\u0661 0 1 0\n".encode(),  # an Arabic-Indic digit one: int() would take it
+        b"T" + b"9" * 5000 + b" 0 1 0\n",  # int() refuses more than 4300 digits
+        b"T" + b"9" * 20 + b" 0 1 0\n",  # beyond the catalog's BIGINT
+        b"T4294967296 0 1 0\n",  # one past SFTP's uint32
+        b"T1 0 4294967296 0\n",
+    ],
+    ids=[
+        "superscript-digit",
+        "arabic-digit",
+        "5000-digits",
+        "20-digits",
+        "mtime-2^32",
+        "atime-2^32",
+    ],
+)
+def test_a_times_line_the_server_cannot_hold_is_a_protocol_error_without_a_traceback(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture, line: bytes
+) -> None:
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    client, channel = exec_channel(gateway, "scp -p -t /")
+    with client:
+        assert channel.recv(1) == b"\0"
+        channel.sendall(line)
+        reply = channel.recv(300)
+        assert reply.startswith(b"\2scp: protocol error: bad times line"), reply
+        assert channel.recv_exit_status() == 1
+    assert "scp: protocol error: bad times line" in caplog.text
+    assert "scp session failed" not in caplog.text
+    assert errors_logged(caplog) == []
+
+
+def test_a_file_name_with_a_backslash_is_refused_and_cannot_leave_the_target(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
+    """paths.normalize reads `\\` as `/`: `..\\outside.pdf` sent into /inbox would be
+    /outside.pdf. OpenSSH on Linux sends such a local name as it is."""
+    gateway.sftp("mkdir inbox\n")
+    hostile = make_pdf(tmp_path / "..\\outside.pdf", 1000)
+
+    result = scp(gateway, str(hostile), remote("/inbox"), check=False)
+
+    assert result.returncode == 1
+    assert "a name may not contain a backslash" in result.stderr
+    assert_nothing_stored(gateway, "outside.pdf")
+    assert_nothing_stored(gateway, "inbox/..\\outside.pdf")
+
+
+def test_a_directory_name_with_a_backslash_is_refused(gateway: RunningGateway) -> None:
+    gateway.sftp("mkdir inbox\n")
+    client, channel = exec_channel(gateway, "scp -r -t /inbox")
+    with client:
+        assert channel.recv(1) == b"\0"
+        channel.sendall(b"D0755 0 ..\\escaped\n")
+        reply = channel.recv(300)
+        assert reply.startswith(b"\2") and b"a name may not contain a backslash" in reply, reply
+        assert channel.recv_exit_status() == 1
+    assert not gateway.object_exists(gateway.key_for("escaped/"))
+    assert not gateway.object_exists(gateway.key_for("inbox/..\\escaped/"))
+
+
+def test_scp_to_a_missing_directory_with_a_trailing_slash_stores_nothing(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
+    """As OpenSSH's own sink: `host:new.pdf/` names a directory, never the file new.pdf."""
+    source = make_pdf(tmp_path / "a.pdf", 1000)
+
+    result = scp(gateway, str(source), remote("/newdir.pdf/"), check=False)
+
+    assert result.returncode == 1
+    assert "/newdir.pdf/: No such directory" in result.stderr
+    assert_nothing_stored(gateway, "newdir.pdf")
+    assert_nothing_stored(gateway, "newdir.pdf/a.pdf")
+
+    # With -r the directory itself arrives (a D line) and is made, as OpenSSH does.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    inside = make_pdf(tree / "b.pdf", 1000)
+    scp(gateway, "-r", str(tree), remote("/made/"))
+    assert_landed(gateway, "made/b.pdf", inside)
+
+
+def test_scp_to_an_existing_file_with_a_trailing_slash_leaves_it_alone(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
+    first = make_pdf(tmp_path / "first.pdf", 1000)
+    scp(gateway, str(first), remote("/kept.pdf"))
+    second = make_pdf(tmp_path / "second.pdf", 2000)
+
+    result = scp(gateway, str(second), remote("/kept.pdf/"), check=False)
+
+    assert result.returncode == 1
+    assert "/kept.pdf/: Not a directory" in result.stderr
+    assert_landed(gateway, "kept.pdf", first)
+    rows = gateway.catalog.uploads_for_key(gateway.bucket, gateway.key_for("kept.pdf"))
+    assert [r.status for r in rows] == ["completed"]
