@@ -15,6 +15,7 @@ S3's lifecycle rule AbortIncompleteMultipartUpload is the safety net behind both
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -42,6 +43,7 @@ ORPHAN_GRACE = timedelta(hours=1)
 # instance; gc leaves it alone (recovery at start does not wait for its own rows).
 COMPLETING_GRACE = timedelta(minutes=15)
 NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+CLEANUP_HOLD = timedelta(minutes=5)  # gc's hold on a row while it aborts its upload
 
 
 @dataclass
@@ -80,8 +82,9 @@ def recover_after_crash(settings: Settings, storage: Storage, catalog: Catalog) 
             log.info(
                 "upload %s of %s is resumable at byte %d", record.id, record.object_key, record.size
             )
-        else:
-            _abort(storage, catalog, record, "gateway restarted before any part was stored")
+        elif _abort(
+            storage, catalog, record, "gateway restarted before any part was stored", utcnow()
+        ):
             report.aborted.append(record.id)
     for record in catalog.uploads_with_status(UploadStatus.COMPLETING):
         if record.owner == owner:  # its CLOSE died with the previous life of this instance
@@ -191,14 +194,16 @@ def collect_garbage(
     report = GcReport()
     cutoff = now - timedelta(seconds=settings.uploads.resume_ttl)
     for record in catalog.uploads_with_status(INTERRUPTED):
-        if _last_progress(record) < cutoff:
-            _abort(storage, catalog, record, "not resumed within the resume time limit")
+        if _last_progress(record) < cutoff and _abort(
+            storage, catalog, record, "not resumed within the resume time limit", now
+        ):
             report.expired.append(record.id)
     for record in catalog.uploads_with_status(IN_PROGRESS):
         # No progress for resume_ttl: its instance died and never came back as itself
-        # (a new host name) to recover it.
-        if _last_progress(record) < cutoff:
-            _abort(storage, catalog, record, "no progress within the resume time limit")
+        # (a new host name) to recover it. A resume under a live lease is progress.
+        if _last_progress(record) < cutoff and _abort(
+            storage, catalog, record, "no progress within the resume time limit", now
+        ):
             report.expired.append(record.id)
     for record in catalog.uploads_with_status(UploadStatus.COMPLETING):
         began = record.completed_at or record.started_at  # set when `completing` was written
@@ -228,14 +233,25 @@ def _last_progress(record: UploadRecord) -> datetime:
     return record.started_at
 
 
-def _abort(storage: Storage, catalog: Catalog, record: UploadRecord, reason: str) -> None:
+def _abort(
+    storage: Storage, catalog: Catalog, record: UploadRecord, reason: str, now: datetime
+) -> bool:
+    """Abort an expired upload, holding its row first: a client that resumed it since
+    it was read (its session holds a live lease) keeps it. False when left alone."""
+    holder = f"gc/{secrets.token_hex(8)}"
+    if not catalog.claim_for_cleanup(record.id, record.status, holder, now + CLEANUP_HOLD):
+        log.info("gc: upload %s is being resumed; left alone", record.id)
+        return False
     if record.s3_upload_id:
         try:
             storage.abort_multipart(record.object_key, record.s3_upload_id)
         except GatewayError:
             log.warning("could not abort %s; will retry at the next gc", record.s3_upload_id)
-            return
-    catalog.finish_upload(record.id, status=ABORTED, error=reason, emit=True, **NO_LEASE)
+            return False
+    catalog.finish_upload(
+        record.id, status=ABORTED, error=reason, emit=True, only_if=record.status, **NO_LEASE
+    )
+    return True
 
 
 class PeriodicGc(PeriodicWorker):

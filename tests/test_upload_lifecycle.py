@@ -8,6 +8,7 @@ import copy
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy import event
 from sftp_gateway.auth import DEFAULT_PERMISSIONS
 from sftp_gateway.errors import AlreadyExists, PermissionDenied
 from sftp_gateway.gc import GcReport, collect_garbage, recover_after_crash
-from sftp_gateway.records import UploadRecord
+from sftp_gateway.records import UploadRecord, utcnow
 from sftp_gateway.transfer import (
     FILE_BUSY,
     ActiveUploads,
@@ -247,6 +248,32 @@ def test_a_dead_instances_lease_expires_and_the_upload_is_resumable_again(
         dead.write(cut.size + 1000, data[cut.size + 1000 : cut.size + 2000])
     dead.abandon()
     assert bench.storage.read_bytes("incoming/alice/orphaned.pdf") == data
+
+
+def test_gc_leaves_alone_an_expired_upload_that_a_client_is_resuming_now(
+    bench: Bench,
+) -> None:
+    """The row says `no progress since its checkpoint`, but a session holds its lease
+    (it resumed just before the time limit, and its next part is not durable yet)."""
+    data = body(2 * PART + MIB)
+    cut = interrupted_at(bench, "late.pdf", data)
+    resuming = bench.fs().open_upload("/late.pdf", truncate=False)
+    resuming.write(cut.size, data[cut.size : cut.size + 1000])  # takes the lease
+    after_the_limit = utcnow() + timedelta(seconds=bench.settings.uploads.resume_ttl + 60)
+
+    report = collect_garbage(bench.settings, bench.catalog, bench.storage, now=after_the_limit)
+
+    assert report.expired == []
+    write_all(resuming, data, start=cut.size + 1000)
+    record = resuming.commit()
+    assert record is not None and record.sha256 == sha(data)
+    assert bench.storage.read_bytes("incoming/alice/late.pdf") == data
+
+    # Once no session holds it, the same upload would have been aborted.
+    again = interrupted_at(bench, "idle.pdf", data)
+    report = collect_garbage(bench.settings, bench.catalog, bench.storage, now=after_the_limit)
+    assert report.expired == [again.id]
+    assert bench.storage.list_multipart_uploads("") == []
 
 
 # -- recovery of rows left completing ----------------------------------------------------

@@ -376,6 +376,23 @@ class Catalog:
             )
             return cast("CursorResult[Any]", result).rowcount == 1
 
+    def claim_for_cleanup(
+        self, upload_id: str, status: str, holder: str, expires_at: datetime
+    ) -> bool:
+        """gc's hold on a row it is about to abort: only if it still has `status` and
+        no live lease (no session is resuming it now); no session can take it after.
+        False: leave it, someone is working on it or already finished it."""
+        now = utcnow()
+        free = or_(UploadRow.lease_expires_at.is_(None), UploadRow.lease_expires_at < now)
+        with self._tx() as session:
+            result = session.execute(
+                update(UploadRow)
+                .where(UploadRow.id == upload_id, UploadRow.status == status, free)
+                .values(lease_owner=holder, lease_expires_at=expires_at)
+                .execution_options(synchronize_session=False)
+            )
+            return cast("CursorResult[Any]", result).rowcount == 1
+
     def renew_lease(self, upload_id: str, lease_owner: str, expires_at: datetime) -> bool:
         """Extend a lease this session holds; False when it was lost (expired and taken)."""
         with self._tx() as session:
