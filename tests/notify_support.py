@@ -30,6 +30,7 @@ from sftp_gateway.config import Settings, settings_from_dict
 from tests.helpers import free_port
 
 REGION = "us-east-1"
+NO_QUEUE = "http://127.0.0.1:1/000000000000/q"  # for tests that never reach SQS
 
 
 def sqs(endpoint: str) -> Any:
@@ -221,6 +222,28 @@ class SmtpCapture:
         message = message_from_bytes(envelope.original_content, policy=policy.default)
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
         return "250 OK"
+
+
+@dataclass
+class PickySmtp(SmtpCapture):
+    """Also refuses RCPT TO for the addresses in `refuse` (lower case -> the reply), and
+    answers QUIT with `quit_reply`."""
+
+    refuse: dict[str, str] = field(default_factory=dict)
+    quit_reply: str = "221 Bye"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        reply = self.refuse.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        return self.quit_reply
 
 
 @contextmanager

@@ -34,6 +34,8 @@ from sftp_gateway.notifier.worker import run_worker
 from sftp_gateway.runtime import background_workers
 from tests.helpers import RunningGateway, make_pdf, sha256_file
 from tests.notify_support import (
+    NO_QUEUE,
+    PickySmtp,
     SmtpCapture,
     create_queue,
     event_body,
@@ -101,6 +103,25 @@ def test_recipients_are_uploader_configured_and_per_user_without_duplicates() ->
         "team@example.com",
     ]
     assert recipients_for({"user": "carol", "email": None}, [], per_user) == []
+
+
+def test_recipients_skip_a_value_that_is_not_one_address_with_a_warning_and_keep_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    event = {"event_id": "e1", "user": "bob", "email": "bob@example.com\r\nBcc: x@evil.example"}
+    per_user = {"bob": ["team@example.com, boss@example.com", "jos\u00e9@example.com"]}
+    caplog.set_level(logging.WARNING, logger="sftp_gateway")
+    assert recipients_for(event, ["ops@example.com", "not an address"], per_user) == [
+        "ops@example.com",
+        "jos\u00e9@example.com",  # UTF-8 addresses are addresses (RFC 6532)
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "event e1: not emailing the uploader's email 'bob@example.com\\r\\nBcc: x@evil.example':"
+        " not one valid email address",
+        "event e1: not emailing notifier.recipients 'not an address': not one valid email address",
+        "event e1: not emailing notifier.user_recipients[bob]"
+        " 'team@example.com, boss@example.com': not one valid email address",
+    ]
 
 
 # -- worker against moto SQS and aiosmtpd ----------------------------------------------
@@ -254,6 +275,61 @@ def test_smtp_refusal_keeps_the_message_and_it_is_retried(
     assert len(handler.messages) == 1
     assert catalog.email_already_sent(json.loads(body)["event_id"])
     assert queue_depth(moto_endpoint, queue) == (0, 0)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("sftp_gateway")
+    ]
+
+
+def test_a_recipient_smtp_refuses_is_logged_and_the_others_get_the_email_once(
+    tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = create_queue(moto_endpoint)
+    handler = PickySmtp(refuse={"gone@example.com": "550 5.1.1 no such user"})
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    with smtp_server(handler) as port:
+        settings = smtp_settings(tmp_path, moto_endpoint, queue, port, visibility_timeout=1)
+        catalog = new_catalog(settings)
+        body = event_body(email="gone@example.com")  # the uploader's mailbox was removed
+        send_raw(moto_endpoint, queue, body)
+        run_worker(settings, catalog, once=True)
+        time.sleep(1.5)  # past the visibility timeout: a message still there comes back
+        run_worker(settings, catalog, once=True)
+    (received,) = handler.messages
+    assert received.rcpt_tos == ["ops@example.com"]
+    assert queue_depth(moto_endpoint, queue) == (0, 0)
+    event_id = json.loads(body)["event_id"]
+    assert catalog.email_already_sent(event_id)
+    assert warnings_of(caplog) == [
+        f"event {event_id}: SMTP refused gone@example.com (550 5.1.1 no such user);"
+        " emailed the other recipients, not retried"
+    ]
+
+
+def test_email_accepted_before_a_421_reply_to_quit_is_sent_once_and_deleted(
+    tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = create_queue(moto_endpoint)
+    handler = PickySmtp(quit_reply="421 4.3.2 shutting down")
+    caplog.set_level(logging.DEBUG, logger="sftp_gateway")
+    with smtp_server(handler) as port:
+        settings = smtp_settings(tmp_path, moto_endpoint, queue, port, visibility_timeout=1)
+        catalog = new_catalog(settings)
+        body = event_body()
+        send_raw(moto_endpoint, queue, body)
+        run_worker(settings, catalog, once=True)
+        time.sleep(1.5)  # past the visibility timeout: a message still there comes back
+        run_worker(settings, catalog, once=True)
+    (received,) = handler.messages
+    assert sorted(received.rcpt_tos) == ["alice@example.com", "ops@example.com"]
+    assert queue_depth(moto_endpoint, queue) == (0, 0)
+    assert catalog.email_already_sent(json.loads(body)["event_id"])
+    assert warnings_of(caplog) == []
+    assert "SMTP server answered QUIT with 421 4.3.2 shutting down (ignored)" in caplog.messages
 
 
 def test_same_message_delivered_twice_sends_one_email(tmp_path: Path, moto_endpoint: str) -> None:
@@ -439,7 +515,7 @@ def sqs_event(*bodies: str, fifo: bool = False) -> dict[str, Any]:
 
 
 def test_lambda_reports_only_unsent_messages_as_batch_item_failures(tmp_path: Path) -> None:
-    catalog = new_catalog(events_settings(tmp_path, "http://127.0.0.1:1", "q"))
+    catalog = new_catalog(events_settings(tmp_path, "http://127.0.0.1:1", NO_QUEUE))
     outbox = tmp_path / "mail"
     config = NotifierConfig(recipients=["ops@example.com"])
     handler = make_lambda_handler(EventProcessor(catalog, FolderSender(outbox), config))
@@ -459,7 +535,7 @@ def test_lambda_handler_entry_point_reads_config_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = events_settings(
-        tmp_path, "http://127.0.0.1:1", "q", notifier={"maildir": str(tmp_path / "mail")}
+        tmp_path, "http://127.0.0.1:1", NO_QUEUE, notifier={"maildir": str(tmp_path / "mail")}
     )
     config_path = tmp_path / "lambda.yaml"
     config_path.write_text(yaml.safe_dump(settings.model_dump(mode="json", by_alias=True)))
@@ -535,7 +611,7 @@ class SlowCountingSender:
 def test_two_workers_given_one_event_at_once_send_one_email(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    settings = events_settings(tmp_path, "http://127.0.0.1:1", "q", catalog_url=postgres_url)
+    settings = events_settings(tmp_path, "http://127.0.0.1:1", NO_QUEUE, catalog_url=postgres_url)
     new_catalog(settings)
     sent: list[Any] = []
     body = event_body()

@@ -1,5 +1,6 @@
-"""No message is retried forever because of its content: hostile names render, poison
-messages are dropped after notifier.max_receives, failure emails are rate-limited."""
+"""No message is retried forever because of its content: hostile names render, an
+unusable address is skipped, poison messages (unreadable, or every recipient refused
+for good) are dropped after notifier.max_receives, failure emails are rate-limited."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from sftp_gateway.notifier import EventProcessor, make_lambda_handler
 from sftp_gateway.notifier.senders import FolderSender
 from sftp_gateway.notifier.worker import WorkerStats, run_worker
 from tests.notify_support import (
+    NO_QUEUE,
+    PickySmtp,
     SmtpCapture,
     create_queue,
     event_body,
@@ -96,6 +99,82 @@ def test_poison_message_is_deleted_after_max_receives_with_one_error_line(
     ]
 
 
+def test_uploader_email_with_a_line_break_is_skipped_and_ops_get_the_email_once(
+    tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = create_queue(moto_endpoint)
+    handler = SmtpCapture()
+    hostile = "alice@example.com\r\nBcc: x@evil.example"
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    with smtp_server(handler) as port:
+        settings = events_settings(
+            tmp_path,
+            moto_endpoint,
+            queue,
+            notifier={"smtp_host": "127.0.0.1", "smtp_port": port, "visibility_timeout": 1},
+        )
+        catalog = new_catalog(settings)
+        body = event_body(email=hostile)
+        send(moto_endpoint, queue, body)
+        run_until_empty(settings, catalog, moto_endpoint, queue)
+    (received,) = handler.messages
+    assert received.rcpt_tos == ["ops@example.com"]
+    assert received.message["To"] == "ops@example.com" and received.message["Bcc"] is None
+    assert queue_depth(moto_endpoint, queue) == (0, 0)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("sftp_gateway")
+    ]
+    assert warnings == [
+        f"event {json.loads(body)['event_id']}: not emailing the uploader's email {hostile!a}:"
+        " not one valid email address"
+    ]
+
+
+def test_recipients_refused_for_now_are_retried_and_refused_for_good_dropped_after_max_receives(
+    tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = create_queue(moto_endpoint)
+    handler = PickySmtp(
+        refuse={"alice@example.com": "450 4.2.1 mailbox busy", "ops@example.com": "451 4.3.0 later"}
+    )
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    with smtp_server(handler) as port:
+        settings = events_settings(
+            tmp_path,
+            moto_endpoint,
+            queue,
+            notifier={
+                "smtp_host": "127.0.0.1",
+                "smtp_port": port,
+                "max_receives": 3,
+                "visibility_timeout": 1,
+            },
+        )
+        catalog = new_catalog(settings)
+        body = event_body()
+        message_id = send(moto_endpoint, queue, body)
+        first = run_worker(settings, catalog, once=True)
+        assert first.retried == 1 and sum(queue_depth(moto_endpoint, queue)) == 1
+
+        handler.refuse = dict.fromkeys(handler.refuse, "550 5.1.1 no such user")
+        stats = run_until_empty(settings, catalog, moto_endpoint, queue)
+    assert handler.messages == []
+    assert (stats.retried, stats.malformed, stats.dropped) == (0, 1, 1)
+    assert queue_depth(moto_endpoint, queue) == (0, 0)
+    dropped = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "deleted after" in r.getMessage()
+    ]
+    assert dropped == [
+        f"message {message_id} (event {json.loads(body)['event_id']}) cannot be delivered"
+        " (SMTP refused every recipient: alice@example.com (550 5.1.1 no such user),"
+        " ops@example.com (550 5.1.1 no such user)); deleted after 3 receives"
+    ]
+
+
 def test_failure_emails_are_limited_per_user_and_the_rest_deleted(
     tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,7 +214,7 @@ def sqs_record(body: str, message_id: str, receive_count: int) -> dict[str, Any]
 def test_lambda_reports_poison_as_failure_until_its_max_receives_th_delivery(
     tmp_path: Path,
 ) -> None:
-    catalog = new_catalog(events_settings(tmp_path, "http://127.0.0.1:1", "q"))
+    catalog = new_catalog(events_settings(tmp_path, "http://127.0.0.1:1", NO_QUEUE))
     config = NotifierConfig(recipients=["ops@example.com"], max_receives=5)
     handler = make_lambda_handler(EventProcessor(catalog, FolderSender(tmp_path / "mail"), config))
     early = handler({"Records": [sqs_record("garbage", "m1", 4)]}, None)

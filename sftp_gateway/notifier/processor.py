@@ -1,10 +1,12 @@
 """One message in, one decision out: shared by the long-polling worker and the Lambda.
 
-DONE means the message may be deleted (emailed now, already emailed before, or a
-failure email over the per-user limit).
-RETRY means sending failed (SMTP down or refusing): keep it, SQS redelivers it.
-MALFORMED means we cannot parse or render it: keep it for now (the queue's redrive
-policy may move it to a dead-letter queue).
+DONE means the message may be deleted (emailed now, also when SMTP refused some of the
+recipients but accepted the others; already emailed before; or a failure email over
+the per-user limit).
+RETRY means sending failed (SMTP down, refusing the message, or refusing every
+recipient for now with a 4xx): keep it, SQS redelivers it.
+MALFORMED means we cannot parse or render it, or SMTP refused every recipient for good
+(5xx): keep it for now (the queue's redrive policy may move it to a dead-letter queue).
 DROPPED means it was MALFORMED on its `notifier.max_receives`-th delivery: delete it,
 so no message is retried forever because of its content.
 """
@@ -30,7 +32,7 @@ from sftp_gateway.notifier.render import (
     recipients_for,
     render_email,
 )
-from sftp_gateway.notifier.senders import Sender
+from sftp_gateway.notifier.senders import Sender, Undeliverable, describe_refusals
 
 log = logging.getLogger(__name__)
 FAILURE_EMAIL_WINDOW = 3600.0  # seconds: notifier.failure_email_limit is per hour
@@ -126,6 +128,10 @@ class EventProcessor:
             return self._poison(
                 f"(event {event_id}) cannot be rendered ({exc})", message_id, receive_count
             )
+        except Undeliverable as exc:
+            return self._poison(
+                f"(event {event_id}) cannot be delivered ({exc})", message_id, receive_count
+            )
         except Exception:
             log.exception("cannot check event %s in the catalog; will retry", event_id)
             return Outcome.RETRY
@@ -177,7 +183,10 @@ class EventProcessor:
             except Exception as exc:
                 raise _Unrenderable(f"{type(exc).__name__}: {exc}") from exc
             try:
-                self.sender.send(message, recipients)
+                refused = self.sender.send(message, recipients) or {}
+            except Undeliverable:
+                metrics.email_sent(False)
+                raise  # a poison message: handle() bounds it by notifier.max_receives
             except Exception as exc:
                 log.warning("email for event %s not sent, will retry: %s", event_id, exc)
                 metrics.email_sent(False)
@@ -185,6 +194,14 @@ class EventProcessor:
             metrics.email_sent(True)
             if event["type"] == UPLOAD_FAILED:
                 self.failure_limiter.note(user)
+            if refused:
+                # The others have it: retrying would send it to them again.
+                log.warning(
+                    "event %s: SMTP refused %s; emailed the other recipients, not retried",
+                    event_id,
+                    describe_refusals(refused),
+                )
+                recipients = [address for address in recipients if address not in refused]
             log.info("emailed event %s (%s) to %s", event_id, event["type"], ", ".join(recipients))
         try:
             self.catalog.record_email_sent(event_id, recipients)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
@@ -18,7 +20,15 @@ from sftp_gateway.events.schema import UPLOAD_COMPLETED, UPLOAD_FAILED
 from sftp_gateway.paths import hostile_character
 from sftp_gateway.units import human_size
 
-__all__ = ["MalformedEvent", "human_size", "parse_event", "recipients_for", "render_email"]
+__all__ = [
+    "MalformedEvent",
+    "human_size",
+    "parse_event",
+    "recipients_for",
+    "render_email",
+    "valid_address",
+]
+log = logging.getLogger(__name__)
 REQUIRED_FIELDS = ("type", "event_id", "user")
 MAX_HEADER_VALUE = 200
 _EVENT_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")  # it becomes the Message-ID
@@ -46,15 +56,55 @@ def parse_event(body: str | bytes) -> dict[str, Any]:
     return event
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def valid_address(value: object) -> str | None:
+    """The address if `value` is exactly one addr-spec (`local@domain`, UTF-8 allowed as
+    RFC 6532 does), else None: no display name, comment, list, comma or control character.
+    """
+    if not isinstance(value, str):
+        return None
+    address = value.strip(" ")
+    if not address or "," in address or any(hostile_character(ch) for ch in address):
+        return None
+    # RFC 6532 lets any non-ASCII character stand where an ASCII letter may: check the
+    # ASCII skeleton with the standard library's RFC 5322 parser.
+    skeleton = _NON_ASCII.sub("a", address)
+    try:
+        parsed = Address(addr_spec=skeleton)
+    except Exception:  # the parser raises ValueError, HeaderParseError, IndexError...
+        return None
+    return address if parsed.addr_spec == skeleton and parsed.domain else None
+
+
 def recipients_for(
     event: Mapping[str, Any], configured: Iterable[str], per_user: Mapping[str, list[str]]
 ) -> list[str]:
-    """The uploader (if known), the configured list and the user's extras, no duplicates."""
-    candidates = [event.get("email"), *configured, *per_user.get(str(event.get("user")), [])]
+    """The uploader (if known), the configured list and the user's extras, no duplicates.
+
+    A value that is not one usable address (a line break, two addresses in one) is
+    skipped with a WARNING, so the others still get the email.
+    """
+    user = str(event.get("user"))
+    candidates = [
+        ("the uploader's email", event.get("email")),
+        *(("notifier.recipients", address) for address in configured),
+        *((f"notifier.user_recipients[{user}]", address) for address in per_user.get(user, [])),
+    ]
     seen: set[str] = set()
     out = []
-    for address in candidates:
-        if not address or not isinstance(address, str):
+    for source, value in candidates:
+        if value is None or value == "":
+            continue
+        address = valid_address(value)
+        if address is None:
+            log.warning(
+                "event %s: not emailing %s %a: not one valid email address",
+                header_safe(event.get("event_id"), 64),
+                source,
+                value,
+            )
             continue
         if address.lower() not in seen:
             seen.add(address.lower())

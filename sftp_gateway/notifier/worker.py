@@ -1,10 +1,11 @@
 """`sftp-gateway notifier`: long-poll SQS, email each event, delete only what was sent.
 
 A message is deleted only after the email was accepted (or was already sent before,
-per the catalog). Failed sends and unreadable messages stay in the queue: SQS
-redelivers them after the visibility timeout, and its redrive policy may move poison
-messages to a dead-letter queue; without one, an unreadable message is deleted on its
-`notifier.max_receives`-th delivery (one ERROR line), so none is retried forever.
+per the catalog). Failed sends and poison messages (unreadable, or every recipient
+refused for good by SMTP) stay in the queue: SQS redelivers them after the visibility
+timeout, and its redrive policy may move poison messages to a dead-letter queue;
+without one, a poison message is deleted on its `notifier.max_receives`-th delivery
+(one ERROR line), so none is retried forever.
 SIGTERM lets the message in hand finish.
 """
 
@@ -35,8 +36,8 @@ class WorkerStats:
 
     done: int = 0  # emailed, or already emailed before: deleted from the queue
     retried: int = 0
-    malformed: int = 0  # unreadable, kept for a later receive or the dead-letter queue
-    dropped: int = 0  # unreadable on its notifier.max_receives-th receive: deleted
+    malformed: int = 0  # poison (unreadable, undeliverable): kept for a later receive/DLQ
+    dropped: int = 0  # poison on its notifier.max_receives-th receive: deleted
 
 
 def receive_count_of(message: dict[str, Any]) -> int:
