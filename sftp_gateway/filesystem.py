@@ -211,6 +211,7 @@ class UserFilesystem:
         exclusive: bool = False,
         truncate: bool = True,
         append: bool = False,
+        create: bool = True,
         expected_size: int | None = None,
         session: SessionUploads | None = None,
     ) -> FileWriter:
@@ -226,7 +227,13 @@ class UserFilesystem:
         temporary = final_key != visible_key
         # A plain truncating open by a user who may overwrite needs to know only that the
         # name is no directory, which OpenSSH's put has just STATed: one round trip less.
-        blind = truncate and not exclusive and not temporary and self.principal.may("overwrite")
+        blind = (
+            truncate
+            and create
+            and not exclusive
+            and not temporary
+            and self.principal.may("overwrite")
+        )
         probe = (self.recent.last_probe(visible_key) if blind else None) or self.storage.probe(
             visible_key
         )
@@ -236,6 +243,8 @@ class UserFilesystem:
         partial = self.catalog.interrupted_upload(self.storage.bucket, final_key)
         if exclusive and (exists or partial is not None):  # STAT shows a partial as a file
             raise AlreadyExists(f"{virtual} already exists")
+        if not create and not exists and partial is None:  # OPEN without CREAT
+            raise NotFound(f"no such file: {virtual}")
         if exists or (temporary and self.storage.head(final_key) is not None):
             self.require("overwrite")
         self.recent.touched(visible_key)

@@ -187,3 +187,11 @@ def test_a_file_opened_without_truncation_can_be_cut_to_its_new_length_by_setsta
         assert read(sftp, "/cut.pdf") == PDF
         with sftp.open("/cut.pdf", "r+") as handle, pytest.raises(OSError, match="size"):
             handle.truncate(2)
+
+
+def test_opening_a_missing_file_for_writing_without_create_is_no_such_file(
+    gateway: RunningGateway,
+) -> None:
+    with sftp_session(gateway) as sftp, pytest.raises(FileNotFoundError):
+        sftp.open("/missing.pdf", "r+")  # WRITE|READ, no CREAT
+    assert keys(gateway) == []

@@ -152,6 +152,7 @@ class GatewaySFTPInterface(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 exclusive=bool(flags & os.O_EXCL),
                 truncate=bool(flags & os.O_TRUNC),
                 append=bool(flags & os.O_APPEND),
+                create=bool(flags & os.O_CREAT),
                 session=self.uploads,
             )
             return UploadHandle(writer)
