@@ -6,19 +6,25 @@ Everything is checked at start-up, so a typo fails fast with a line naming the f
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
+import re
 import socket
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,10 +36,73 @@ from sftp_gateway.units import MIB, parse_size
 ENV_PREFIX = "SFTP_GATEWAY__"
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 Size = Annotated[int, BeforeValidator(parse_size)]
+# SSH's window and packet sizes are uint32 on the wire (RFC 4254).
+MAX_SSH_WINDOW = 2**32 - 1
+
+# Every duration is finite and at most ten years: far below threading.TIMEOUT_MAX and
+# what a datetime can add, so no thread meets an OverflowError hours after start.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _within_max_seconds(value: float) -> float:
+    if value > MAX_SECONDS:
+        raise ValueError(f"at most {MAX_SECONDS} seconds (10 years)")
+    return value
+
+
+Seconds = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_within_max_seconds)]
+
+_TEXT_TYPES = (str, Path)
+
+
+def _is_text(annotation: Any) -> bool:
+    """str or Path, or either | None: a field whose value is text as written."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return bool(members) and all(arg in _TEXT_TYPES for arg in members)
+    return annotation in _TEXT_TYPES
+
+
+def _is_text_list(annotation: Any) -> bool:
+    return get_origin(annotation) is list and _is_text(get_args(annotation)[0])
+
+
+def _not_text(value: Any, name: str) -> str | None:
+    """Why a YAML scalar in a text field is refused, telling the operator to quote it."""
+    if isinstance(value, bool):
+        word = "yes" if value else "no"
+        return (
+            "YAML reads an unquoted yes/no/on/off/true/false as a boolean (here"
+            f' {str(value).lower()}): put the value in quotes, e.g. {name}: "{word}"'
+        )
+    if isinstance(value, int | float):
+        return f"expected text, got the number {value!r}: put the value in quotes"
+    return None
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        """A text field given a YAML boolean (`region: no`) or a number (from a Python
+        mapping: YAML's own plain numbers stay text there, see _keep_text) is refused
+        with a hint to quote it, not pydantic's "Input should be a valid string"."""
+        name = info.field_name or ""
+        field = cls.model_fields.get(name)
+        if field is None:
+            return value
+        name = field.alias or name
+        if _is_text(field.annotation):
+            problem = _not_text(value, name)
+        elif _is_text_list(field.annotation) and isinstance(value, list):
+            problem = next(filter(None, (_not_text(item, name) for item in value)), None)
+        else:
+            problem = None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class BanConfig(_Section):
@@ -41,8 +110,8 @@ class BanConfig(_Section):
 
     enabled: bool = True
     threshold: int = Field(default=15, ge=1)  # points within `window` that ban an address
-    window: float = Field(default=1800.0, gt=0)
-    duration: float = Field(default=1800.0, gt=0)
+    window: Seconds = Field(default=1800.0, gt=0)
+    duration: Seconds = Field(default=1800.0, gt=0)
     allow_list: list[str] = Field(default_factory=list)  # CIDR networks never banned
     score_invalid_user: int = Field(default=2, ge=0)
     score_failed_key: int = Field(default=1, ge=0)
@@ -89,7 +158,7 @@ class ServerConfig(_Section):
     # Authenticated connections; unauthenticated ones are limited by max_startups.
     max_connections: int = Field(default=256, ge=1)
     # Login grace time: a connection not authenticated within it is closed.
-    auth_timeout: float = Field(default=30.0, gt=0)
+    auth_timeout: Seconds = Field(default=30.0, gt=0)
     # Unauthenticated connections (sshd MaxStartups): beyond `start`, refuse new ones
     # with probability rate% rising linearly to 100% at `full`.
     max_startups: str = "10:30:100"
@@ -98,11 +167,11 @@ class ServerConfig(_Section):
     ban: BanConfig = Field(default_factory=BanConfig)
     # SSH flow control: the window bounds the bytes a client may have in flight per
     # channel, so it bounds memory per upload; larger packets cut per-packet overhead.
-    window_size: Size = Field(default=8 * MIB, ge=64 * 1024)
+    window_size: Size = Field(default=8 * MIB, ge=64 * 1024)  # <= MAX_SSH_WINDOW
     max_packet_size: Size = Field(default=256 * 1024, ge=32 * 1024, le=1024 * 1024)
     # The SSH algorithms offered (crypto_policy.py): modern, fips, or compat (old clients).
     crypto_policy: Literal["modern", "fips", "compat"] = "modern"
-    drain_timeout: float = Field(default=30.0, ge=0)
+    drain_timeout: Seconds = Field(default=30.0, ge=0)
     # Worker processes accepting on the one listening socket (`serve --workers N`
     # overrides it); None: one per core (os.cpu_count()); 1: a single process, no
     # supervisor. Each worker gets uploads.memory_budget / workers.
@@ -111,15 +180,15 @@ class ServerConfig(_Section):
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     # Seconds between re-checks of open sessions: a removed user or key, or a key whose
     # from=/expiry-time= no longer pass, has its sessions closed.
-    revocation_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    revocation_check_interval: Seconds = Field(default=5.0, gt=0, le=3600)
     # Limits after login (sshd MaxSessions; OpenSSH sftp-server's open-handle cap).
     max_sessions: int = Field(default=10, ge=1, le=1000)  # session channels per connection
     max_handles_per_session: int = Field(default=64, ge=1, le=10_000)  # files + dirs
     # An authenticated connection with no channel traffic for this long is closed
     # (SFTPGo idle_timeout, sshd ChannelTimeout); 0 disables.
-    idle_timeout: float = Field(default=900.0, ge=0)
+    idle_timeout: Seconds = Field(default=900.0, ge=0)
     # SSH keepalive sent after this many quiet seconds (sshd ClientAliveInterval); 0: off.
-    keepalive_interval: float = Field(default=30.0, ge=0)
+    keepalive_interval: Seconds = Field(default=30.0, ge=0)
     # PROXY protocol v1/v2 (AWS NLB, HAProxy): the client's real address comes in a header
     # before SSH. off | optional (a header may come) | required (it must); a header is
     # read only from proxy_trusted_networks (CIDR), the balancers' own addresses.
@@ -154,11 +223,18 @@ class ServerConfig(_Section):
             raise ValueError(f"{value!r} is not host:port")
         return value
 
+    @field_validator("window_size")
+    @classmethod
+    def _window_fits_ssh(cls, value: int) -> int:
+        if value > MAX_SSH_WINDOW:
+            raise ValueError("at most 4GiB minus one byte (SSH sends it as a 32-bit number)")
+        return value
+
     @field_validator("max_startups", mode="before")
     @classmethod
     def _check_max_startups(cls, value: Any) -> str:
-        """`max_startups: 100` (an int in YAML) means "100"; the three-part form must be
-        quoted in YAML, which otherwise reads `100:30:100` as one base-60 number."""
+        """`max_startups: 100` (an int in YAML) means "100"; `10:30:100` unquoted is the
+        three-part form too (the config's YAML has no base-60 numbers: _ConfigLoader)."""
         if isinstance(value, bool):
             raise ValueError("expected start:rate:full such as 10:30:100")
         parse_max_startups(value)
@@ -178,6 +254,44 @@ class ServerConfig(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]")
+_IPV4_RE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def check_bucket_name(value: str) -> str:
+    """S3's bucket naming rules (those every S3-compatible store keeps too)."""
+    if not _BUCKET_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an S3 bucket name: lowercase letters, digits, dots and"
+            " hyphens, beginning and ending with a letter or digit"
+        )
+    if ".." in value:
+        raise ValueError(f"{value!r} is not an S3 bucket name: two dots in a row")
+    if _IPV4_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an S3 bucket name: it is an IP address")
+    return value
+
+
+def check_http_url(value: str | None) -> str | None:
+    """An endpoint or queue URL: http(s)://host[:port][/path]; blank means unset."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{value!r} is not an http:// or https:// URL (such as http://localhost:9000)"
+        )
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"{value!r}: the port is not a number in 0..65535") from None
+    return value
+
+
 class StorageConfig(_Section):
     bucket: str = Field(min_length=3, max_length=63)
     prefix: str = ""
@@ -192,7 +306,7 @@ class StorageConfig(_Section):
     # A session STATing several names of one directory within this many seconds gets
     # answers from one listing of it (not a request per name) until it is this old:
     # other sessions' changes may show that late; its own never do. 0: always ask S3.
-    stat_cache_seconds: float = Field(default=2.0, ge=0, le=300)
+    stat_cache_seconds: Seconds = Field(default=2.0, ge=0, le=300)
     # A CRC32 on every part and PUT, verified by S3 (and instead of SHA-256 signing
     # every body). Off only for stores that mishandle composite checksums (moto).
     part_checksums: bool = True
@@ -208,8 +322,8 @@ class StorageConfig(_Section):
     put_client: Literal["auto", "botocore", "crt"] = "auto"
     # Seconds to open a connection to S3, and to wait for each read of a response (a
     # stalled S3 fails the request after it; the SDK then retries up to max_attempts).
-    connect_timeout: float = Field(default=10.0, gt=0, le=600)
-    read_timeout: float = Field(default=120.0, gt=0, le=3600)
+    connect_timeout: Seconds = Field(default=10.0, gt=0, le=600)
+    read_timeout: Seconds = Field(default=120.0, gt=0, le=3600)
     # How the bucket is named in requests: auto lets botocore choose (virtual-hosted on
     # AWS), except with endpoint_url, where auto means path (what S3-compatible stores
     # expect); path or virtual forces one.
@@ -236,6 +350,23 @@ class StorageConfig(_Section):
     @classmethod
     def _strip_prefix(cls, value: str) -> str:
         return value.strip("/")
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        return check_bucket_name(value)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return check_http_url(value)
+
+    @field_validator("copy_part_size")
+    @classmethod
+    def _check_copy_part_size(cls, value: int) -> int:
+        if not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
+            raise ValueError("must be between 5MiB and 5GiB (S3's multipart limits)")
+        return value
 
     @field_validator("full_object_checksum", mode="before")
     @classmethod
@@ -278,17 +409,84 @@ class StorageConfig(_Section):
         return self
 
 
+CATALOG_URL_EXAMPLE = (
+    "sqlite:////var/lib/sftp-gateway/catalog.db or postgresql+psycopg://user@host/db"
+)
+# The catalog's databases, with the drivers SQLAlchemy may use for them (pyproject.toml
+# installs psycopg 3; psycopg2 is SQLAlchemy's default for postgresql://).
+CATALOG_DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg", "psycopg2")}
+DEFAULT_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg2"}
+
+
+def check_catalog_url(value: str) -> str:
+    """A URL SQLAlchemy parses, for SQLite or PostgreSQL with an installed driver. The
+    messages never repeat the URL: it may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL such as {CATALOG_URL_EXAMPLE}") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in CATALOG_DRIVERS:
+        raise ValueError(f"{backend}:// is not supported: use {CATALOG_URL_EXAMPLE}")
+    driver = driver or DEFAULT_DRIVERS[backend]
+    if driver not in CATALOG_DRIVERS[backend]:
+        raise ValueError(f"{url.drivername}:// is not supported: use {CATALOG_URL_EXAMPLE}")
+    if driver == "psycopg2" and importlib.util.find_spec("psycopg2") is None:
+        raise ValueError(
+            f"{url.drivername}:// needs the psycopg2 driver, which is not installed:"
+            " write postgresql+psycopg://user@host/db (psycopg 3)"
+        )
+    if backend == "sqlite" and (url.host or url.port):
+        raise ValueError(
+            "a SQLite URL names no host: sqlite:////absolute/path.db (four slashes)"
+            " or sqlite:///relative/path.db"
+        )
+    return value
+
+
 class CatalogConfig(_Section):
     url: str = "sqlite:///catalog.db"
     auto_migrate: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return check_catalog_url(value)
+
+
+def region_from_queue_url(queue_url: str | None) -> str | None:
+    """`https://sqs.eu-west-1.amazonaws.com/...` names its region; other URLs do not
+    (as events.publisher reads it)."""
+    if not queue_url:
+        return None
+    host = queue_url.split("://", 1)[-1].split("/", 1)[0]
+    parts = host.split(".")
+    if len(parts) > 2 and parts[0] == "sqs":
+        return parts[1]
+    return None
+
+
+def _default_aws_region() -> str | None:
+    """boto3's own default region (AWS_DEFAULT_REGION, ~/.aws/config), if any."""
+    try:
+        import botocore.session
+
+        region = botocore.session.Session().get_config_variable("region")
+    except Exception:  # a malformed ~/.aws/config: no default region to count on
+        return None
+    return str(region) if region else None
 
 
 class EventsConfig(_Section):
     queue_url: str | None = None
     endpoint_url: str | None = None
-    region: str | None = None
-    dispatch_interval: float = Field(default=1.0, gt=0)
-    max_backoff: float = Field(default=60.0, gt=0)
+    # None: taken from a queue URL sqs.REGION.amazonaws.com, else boto3's default region.
+    region: str | None = Field(default=None, validate_default=True)
+    dispatch_interval: Seconds = Field(default=1.0, gt=0)
+    max_backoff: Seconds = Field(default=60.0, gt=0)
     # None: a queue whose URL ends in .fifo is FIFO; set it when the URL does not say.
     fifo: bool | None = None
     # FIFO only: the MessageGroupId; None groups by uploader (ordered per user).
@@ -297,6 +495,26 @@ class EventsConfig(_Section):
     # Tries of one event before it is parked (kept, not retried, until `sftp-gateway
     # events retry`); SQS refusals no retry changes park it at once.
     max_attempts: int = Field(default=1000, ge=1, le=1_000_000)
+
+    @field_validator("queue_url", "endpoint_url")
+    @classmethod
+    def _check_urls(cls, value: str | None) -> str | None:
+        return check_http_url(value)
+
+    @field_validator("region")
+    @classmethod
+    def _region_known(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """SQS needs a region to sign with: say so now, not with a NoRegionError later."""
+        queue_url = info.data.get("queue_url")
+        if value or not queue_url or region_from_queue_url(queue_url):
+            return value or None
+        if _default_aws_region() is None:
+            raise ValueError(
+                "required: events.queue_url does not name its region"
+                " (https://sqs.REGION.amazonaws.com/...) and no default region is set"
+                " (AWS_DEFAULT_REGION, ~/.aws/config)"
+            )
+        return None
 
     @property
     def is_fifo(self) -> bool:
@@ -319,10 +537,10 @@ class NotifierConfig(_Section):
     maildir: Path | None = None
     wait_seconds: int = Field(default=20, ge=0, le=20)
     batch_size: int = Field(default=10, ge=1, le=10)
-    visibility_timeout: int = Field(default=60, ge=0)
+    visibility_timeout: int = Field(default=60, ge=0, le=43200)  # SQS's own maximum
     # A CA bundle to verify the SMTP server's certificate (default: the system's).
     ca_file: Path | None = None
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: Seconds = Field(default=30.0, gt=0)
     # A message that cannot be parsed or rendered is deleted (one ERROR line) once SQS
     # has delivered it this many times; 0 leaves it to the queue's dead-letter redrive.
     max_receives: int = Field(default=5, ge=0, le=1000)
@@ -346,6 +564,9 @@ class NotifierConfig(_Section):
         return value
 
 
+_NOT_IN_EXTENSIONS = frozenset("*?[]/\\")
+
+
 class UploadsConfig(_Section):
     max_file_size: Size = 1024 * MIB
     allowed_extensions: list[str] = Field(default_factory=lambda: [".pdf"])
@@ -353,13 +574,13 @@ class UploadsConfig(_Section):
     temp_name_patterns: list[str] = Field(
         default_factory=lambda: ["*.filepart", "*.part", "*.tmp", ".~*"]
     )
-    resume_ttl: float = Field(default=24 * 3600.0, gt=0)
-    gc_interval: float = Field(default=3600.0, gt=0)
+    resume_ttl: Seconds = Field(default=24 * 3600.0, gt=0)
+    gc_interval: Seconds = Field(default=3600.0, gt=0)
     # A resume holds a lease in the catalog for this long, renewed while bytes flow, so
     # two sessions (on any instance) never continue one upload; a dead one's expires.
-    resume_lease: float = Field(default=60.0, gt=0)
+    resume_lease: Seconds = Field(default=60.0, gt=0)
     # How long CLOSE retries an unavailable catalog before it fails (nothing published).
-    catalog_retry: float = Field(default=30.0, ge=0)
+    catalog_retry: Seconds = Field(default=30.0, ge=0)
     # Out-of-order writes wait in memory up to reorder_memory, then in a temporary file.
     reorder_memory: Size = 4 * MIB
     reorder_spill: Size = 256 * MIB
@@ -372,7 +593,7 @@ class UploadsConfig(_Section):
     memory_budget: Size = Field(default=512 * MIB, ge=16 * MIB)
     # The most of it one user's uploads may hold; None: a quarter of memory_budget.
     memory_per_user: Size | None = None
-    memory_wait_timeout: float = Field(default=60.0, ge=0)
+    memory_wait_timeout: Seconds = Field(default=60.0, ge=0)
     # Disk for out-of-order writes spilled to temporary files, across all uploads.
     spill_budget: Size = 2048 * MIB
     # Threads sending parts to S3 for all uploads of the process (one shared pool).
@@ -396,6 +617,11 @@ class UploadsConfig(_Section):
             ext = value.strip().lower()
             if not ext:
                 raise ValueError("an extension cannot be empty")
+            if any(char in ext for char in _NOT_IN_EXTENSIONS):
+                raise ValueError(
+                    f"{value!r} is not an extension: list the ending itself, such as .pdf"
+                    " (no wildcards *?[], no / or \\)"
+                )
             out.append(ext if ext.startswith(".") else "." + ext)
         return out
 
@@ -532,9 +758,154 @@ def _format_validation_error(err: ValidationError) -> str:
             message = "unknown key"
         elif problem["type"] == "missing":
             message = "required but missing"
+        elif problem["type"] == "finite_number":
+            message = "must be a finite number (not .inf or .nan)"
+        elif problem["type"] == "model_type" and problem.get("input") is None:
+            message = "the section is empty: give it keys or remove it"
         message = message.removeprefix("Value error, ")
         lines.append(f"{field}: {message}")
     return "; ".join(lines)
+
+
+# -- YAML ------------------------------------------------------------------------------
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# Plain scalars YAML reads as numbers or dates, kept as written in a text field.
+_TEXT_KEPT_TAGS = frozenset({_INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp"})
+# PyYAML's YAML 1.1 int and float patterns without their base-60 forms (`1:30`).
+_INT_RE = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that YAML 1.1's base-60 numbers are text:
+    `max_startups: 10:30:50` is sshd's start:rate:full, not the number 37850."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, {_INT_TAG: _INT_RE, _FLOAT_TAG: _FLOAT_RE}.get(tag, regexp))
+        for tag, regexp in resolvers
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names a key twice: YAML would keep the last one without a word."""
+
+    def __init__(self, dotted: str, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(
+            problem=f"{dotted} is given twice (lines {first.line + 1} and {again.line + 1})",
+            problem_mark=again,
+        )
+        self.dotted = dotted
+
+
+def _check_duplicate_keys(node: yaml.Node, path: tuple[str, ...] = ()) -> None:
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(node, path)]
+    while stack:
+        current, where = stack.pop()
+        if id(current) in seen:  # an alias: checked where its anchor is
+            continue
+        seen.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            keys: dict[str, yaml.Mark] = {}
+            for key_node, value_node in current.value:
+                if key_node.tag == _MERGE_TAG:  # `<<: *base`: its keys may be overridden
+                    stack.append((value_node, where))
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue  # a complex key: PyYAML refuses it as unhashable
+                dotted = ".".join((*where, str(key_node.value)))
+                if key_node.value in keys:
+                    raise DuplicateKeyError(dotted, keys[key_node.value], key_node.start_mark)
+                keys[key_node.value] = key_node.start_mark
+                stack.append((value_node, (*where, str(key_node.value))))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, (*where, str(i))) for i, item in enumerate(current.value))
+
+
+def _field_annotations(model: type[BaseModel]) -> dict[str, Any]:
+    """Each field's annotation by its name and its alias (`from`)."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        out[name] = field.annotation
+        if field.alias:
+            out[field.alias] = field.annotation
+    return out
+
+
+def _keep_text(node: yaml.Node, annotation: Any) -> None:
+    """Where the config expects text, an unquoted `prefix: 2024` or `instance_id: 007`
+    means the text as written ("2024", "007"): its node is retagged as a string before
+    YAML turns it into a number. Booleans are not: `region: no` is refused (quote it)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(node, yaml.MappingNode):
+            fields = _field_annotations(annotation)
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value in fields:
+                    _keep_text(value_node, fields[key_node.value])
+    elif _is_text(annotation):
+        plain = isinstance(node, yaml.ScalarNode) and node.style is None
+        if plain and node.tag in _TEXT_KEPT_TAGS:
+            node.tag = _STR_TAG
+    elif get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(members) == 1:
+            _keep_text(node, members[0])
+    elif get_origin(annotation) is list and isinstance(node, yaml.SequenceNode):
+        (item,) = get_args(annotation)
+        for item_node in node.value:
+            _keep_text(item_node, item)
+    elif get_origin(annotation) is dict and isinstance(node, yaml.MappingNode):
+        key_type, value_type = get_args(annotation)
+        for key_node, value_node in node.value:
+            _keep_text(key_node, key_type)
+            _keep_text(value_node, value_type)
+
+
+def parse_yaml(text: str, shape: Any = None) -> Any:
+    """One YAML document with _ConfigLoader: DuplicateKeyError for a key given twice;
+    with `shape` (Settings, or a field's annotation), text fields keep plain scalars
+    as written (_keep_text)."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node)
+        if shape is not None:
+            _keep_text(node, shape)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _annotation_at(path: list[str]) -> Any:
+    """The annotation of the field at `path` (section, key), None if there is none."""
+    annotation: Any = Settings
+    for part in path:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        annotation = _field_annotations(annotation).get(part)
+    return annotation
 
 
 def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
@@ -552,7 +923,7 @@ def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
                 raise ConfigError(f"{name}: {'.'.join(path[:-1])} is not a section")
             node = child
         try:
-            node[path[-1]] = yaml.safe_load(raw) if raw != "" else None
+            node[path[-1]] = parse_yaml(raw, _annotation_at(path)) if raw != "" else None
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or exc  # only MarkedYAMLError has one
             raise ConfigError(f"{name}: not a valid value ({problem})") from exc
@@ -581,13 +952,25 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """Read, merge and validate the config file; ConfigError names what is wrong."""
     config_path = resolve_config_path(path)
     try:
-        text = config_path.read_text(encoding="utf-8")
+        raw = config_path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {config_path} not found") from None
     except OSError as exc:
         raise ConfigError(f"config file {config_path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {config_path} line {line}: not UTF-8 text"
+            " (save it as UTF-8; YAML config is text)"
+        ) from None
+    try:
+        data = parse_yaml(text, Settings) or {}
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{config_path}: {exc.problem}: remove one (YAML would silently keep the last)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -1,7 +1,14 @@
-"""Host keys: load them from host_keys_dir, generating ed25519 and RSA 3072 if absent."""
+"""Host keys: load them from host_keys_dir, generating ed25519 and RSA 3072 if absent.
+
+A key that cannot be written or read (an empty or damaged file, a passphrase, the
+other algorithm's key, a folder that is a file or not writable) is a ConfigError naming
+server.host_keys_dir and the file: the process exits 2, and the supervisor of
+`serve --workers N` stops instead of restarting workers that would fail the same way.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -10,9 +17,12 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from sftp_gateway.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 HOST_KEYS = (("ssh_host_ed25519_key", "ed25519"), ("ssh_host_rsa_key", "rsa"))
+FIELD = "server.host_keys_dir"
 
 
 def generate_private_key(kind: str) -> bytes:
@@ -44,20 +54,60 @@ def write_private_key(path: Path, pem: bytes) -> None:
     """Create the file with mode 0600 from the start: the key is never world-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    except OSError:  # a disk full: no truncated key for the next start to trip on
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
+def _generate(path: Path, kind: str) -> None:
+    """Write a new key pair, or fail naming the field and the file."""
+    log.info("generating %s host key %s", kind, path)
+    try:
+        pem = generate_private_key(kind)
+        write_private_key(path, pem)
+        path.with_suffix(".pub").write_text(public_line(pem) + "\n")
+    except OSError as exc:
+        raise ConfigError(
+            f"{FIELD}: cannot create the {kind} host key {path}: {exc.strerror or exc}"
+        ) from None
+
+
+def _load(path: Path, kind: str) -> paramiko.PKey:
+    """The key in `path`, or a ConfigError saying what is wrong with the file."""
+    key_class = paramiko.Ed25519Key if kind == "ed25519" else paramiko.RSAKey
+    try:
+        return key_class.from_private_key_file(str(path))
+    except paramiko.PasswordRequiredException:
+        reason = "it is protected by a passphrase (a host key must not be)"
+    except OSError as exc:
+        reason = f"cannot read it: {exc.strerror or exc}"
+    except Exception:  # SSHException, UnicodeDecodeError, paramiko's own asserts...
+        reason = _unusable_reason(path, kind)
+    raise ConfigError(
+        f"{FIELD}: host key {path} is unusable: {reason}; replace it, or delete it"
+        " (and its .pub) to have a new one generated"
+    )
+
+
+def _unusable_reason(path: Path, kind: str) -> str:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    return f"not an {kind} private key (OpenSSH or PEM format)"
 
 
 def load_host_keys(directory: Path) -> list[paramiko.PKey]:
     """Every host key in the folder, generating the missing ones on first start."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"{FIELD}: {directory} is not a directory")
     keys: list[paramiko.PKey] = []
     for filename, kind in HOST_KEYS:
         path = directory / filename
-        if not path.exists():
-            log.info("generating %s host key %s", kind, path)
-            pem = generate_private_key(kind)
-            write_private_key(path, pem)
-            path.with_suffix(".pub").write_text(public_line(pem) + "\n")
-        key_class = paramiko.Ed25519Key if kind == "ed25519" else paramiko.RSAKey
-        keys.append(key_class.from_private_key_file(str(path)))
+        if not os.path.lexists(path):  # a dangling link is read (and named) below
+            _generate(path, kind)
+        keys.append(_load(path, kind))
     return keys

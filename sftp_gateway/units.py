@@ -8,7 +8,9 @@ a decimal (`1 GiB`, the limits people configure) and others with one (`1.5 KiB`)
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 from typing import Any
 
 KIB = 1024
@@ -35,20 +37,55 @@ SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _HUMAN_UNITS = (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB))
 SIZE_EXAMPLE = "a size such as 8MiB or 1GiB"
+# Beyond any file, memory or disk (and a signed 64-bit integer, as catalogs store sizes).
+MAX_SIZE = 2**63 - 1
+MAX_SIZE_TEXT = "8 EiB"
 
 
 def parse_size(value: Any) -> int:
-    """Turn `8MiB`, `1GiB`, `500 KB` or a plain integer into bytes (ValueError if not)."""
+    """Turn `8MiB`, `1GiB`, `500 KB`, `1.5KiB` or a plain integer into bytes, exactly
+    (ValueError if not: a fraction of a byte, a negative or absurdly large size)."""
     if isinstance(value, bool):
         raise ValueError(f"expected {SIZE_EXAMPLE}")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
+        return _checked(value, value)
+    if isinstance(value, float):  # YAML's `1.5`: only a whole, exactly held number
+        if not math.isfinite(value) or not value.is_integer() or abs(value) > 2**53:
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+        return _checked(int(value), value)
     match = _SIZE_RE.match(str(value))
     if not match or match.group(2).lower() not in SIZE_UNITS:
-        raise ValueError(f"{value!r} is not {SIZE_EXAMPLE}")
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+        raise ValueError(f"{_shown(value)} is not {SIZE_EXAMPLE}")
+    digits = match.group(1)
+    whole, _, fraction = digits.partition(".")
+    if len(whole.lstrip("0")) > 30:  # checked before int() meets its cap on digits
+        raise ValueError(f"{_shown(value)} is too large (at most {MAX_SIZE_TEXT})")
+    if len(whole) + len(fraction) > 100:
+        raise ValueError(f"{_shown(value)} has too many digits")
+    number = Fraction(digits) * SIZE_UNITS[match.group(2).lower()]  # exact
+    if number > MAX_SIZE:
+        raise ValueError(f"{_shown(value)} is too large (at most {MAX_SIZE_TEXT})")
+    if number.denominator != 1:
+        raise ValueError(
+            f"{_shown(value)} is not a whole number of bytes: use a smaller unit or plain bytes"
+        )
+    return _checked(number.numerator, value)
+
+
+def _checked(size: int, value: Any) -> int:
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    if size > MAX_SIZE:
+        raise ValueError(f"{_shown(value)} is too large (at most {MAX_SIZE_TEXT})")
+    return size
+
+
+def _shown(value: Any) -> str:
+    """The value as a message quotes it, cut short (a 400-digit number is not read)."""
+    text = str(value) if isinstance(value, int) and value < 10**40 else None
+    if text is None:
+        text = "the number" if isinstance(value, int) else repr(value)
+    return text if len(text) <= 40 else text[:24] + "..." + text[-8:]
 
 
 def human_size(size: int | float) -> str:

@@ -29,6 +29,7 @@ from tests.admin_support import scrape, value
 from tests.helpers import SSH_OPTIONS, free_port, make_pdf, sha256_file, wait_until
 from tests.notify_support import create_queue, drain_queue
 from tests.serving import ServeProcess
+from tests.test_host_keys import keys_dir_with, serve, serve_config
 from tests.test_web_upload import (
     absolute,
     base_url,
@@ -192,6 +193,17 @@ def test_too_many_workers_for_the_budget_is_refused_naming_the_field() -> None:
 
 def test_supervisor_waits_for_the_same_host_key_files_the_workers_write() -> None:
     assert tuple(name for name, _ in hostkeys.HOST_KEYS) == supervisor.HOST_KEY_FILES
+
+
+def test_a_damaged_host_key_stops_the_supervisor_with_exit_2_instead_of_restarting(
+    tmp_path: Path,
+) -> None:
+    keys = keys_dir_with(tmp_path, b"")  # every worker would fail alike: no restart loop
+    result = serve(serve_config(tmp_path, keys, workers=2))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "config error: server.host_keys_dir: host key" in result.stderr
+    assert "stopped on a config error; stopping" in result.stderr
+    assert "restarting it" not in result.stderr
 
 
 def test_browser_uploads_get_one_share_of_the_budget_beside_the_workers() -> None:
