@@ -541,8 +541,9 @@ class NotifierConfig(_Section):
     # A CA bundle to verify the SMTP server's certificate (default: the system's).
     ca_file: Path | None = None
     timeout: Seconds = Field(default=30.0, gt=0)
-    # A message that cannot be parsed or rendered is deleted (one ERROR line) once SQS
-    # has delivered it this many times; 0 leaves it to the queue's dead-letter redrive.
+    # A message that cannot be parsed or rendered, or whose every recipient SMTP refused
+    # for good (5xx), is deleted (one ERROR line) once SQS has delivered it this many
+    # times; 0 leaves it to the queue's dead-letter redrive.
     max_receives: int = Field(default=5, ge=0, le=1000)
     # upload.failed emails per uploading user per hour (per notifier process); beyond
     # it the event is logged and deleted without an email. 0: no limit.

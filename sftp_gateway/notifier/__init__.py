@@ -2,9 +2,10 @@
 
 `lambda_handler` is the same logic for an AWS Lambda SQS event source: it reports the
 messages to keep as `batchItemFailures` (enable ReportBatchItemFailures on the
-mapping), so only emailed messages are deleted; an unreadable message is reported as a
-failure until its `notifier.max_receives`-th delivery (the record's
-ApproximateReceiveCount), then dropped with one ERROR line. Its config comes from
+mapping), so only emailed messages are deleted; an unreadable message, or one whose
+every recipient SMTP refused for good, is reported as a failure until its
+`notifier.max_receives`-th delivery (the record's ApproximateReceiveCount), then
+dropped with one ERROR line. Its config comes from
 $SFTP_GATEWAY_CONFIG (or config/gateway.yaml) when that file exists, else from the
 `SFTP_GATEWAY__*` environment variables alone.
 """
