@@ -214,6 +214,7 @@ class UserFilesystem:
         create: bool = True,
         expected_size: int | None = None,
         session: SessionUploads | None = None,
+        client_ref: str | None = None,
     ) -> FileWriter:
         """Check name, permissions and conflicts; the upload itself (new, resumed or
         appended: transfer.py decides) starts at the first write. `session` owns the
@@ -271,6 +272,7 @@ class UserFilesystem:
             truncate=truncate,
             append=append,
             expected_size=expected_size,
+            client_ref=client_ref,
         )
 
     def _existing_content(self, key: str) -> tuple[int, str | None]:

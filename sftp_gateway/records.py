@@ -166,6 +166,7 @@ class UploadRecord:
     stored_size: int | None = None
     compression: str | None = None
     link_id: str | None = None  # uploaded from a browser through this upload link
+    client_ref: str | None = None  # ... by this browser upload (its tus URL's id)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form `uploads show --json` prints (no resume internals)."""

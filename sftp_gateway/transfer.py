@@ -421,12 +421,14 @@ class Upload:
         key: str,
         expected_size: int | None = None,
         resume: UploadRecord | None = None,
+        client_ref: str | None = None,
     ) -> None:
         settings = uploader.settings
         self.settings = settings
         self.catalog = uploader.catalog
         self.path = path
         self.key = key
+        self.client_ref = client_ref
         self.log = logs.for_connection(  # every line of this upload names it and its session
             uploader.client.conn, log, user=uploader.principal.name, addr=uploader.client.ip
         )
@@ -673,6 +675,7 @@ class Upload:
             content_type=self.content_type,
             owner=self.settings.server.instance_id,
             link_id=client.link_id,
+            client_ref=self.client_ref,
         )
 
     def _part_size(self, expected_size: int | None) -> int:
@@ -873,8 +876,10 @@ class FileWriter:
         truncate: bool = True,
         append: bool = False,
         expected_size: int | None = None,
+        client_ref: str | None = None,
     ) -> None:
         settings, services = uploader.settings, uploader.services
+        self._client_ref = client_ref  # a browser upload's id, kept on its row
         self._uploader = uploader
         self._target = target
         self.expected_size = expected_size  # announced (SCP's C line), else None
@@ -1115,6 +1120,7 @@ class FileWriter:
             key=self._target.final_key,
             expected_size=self.expected_size,
             resume=resume,
+            client_ref=self._client_ref,
         )
 
     def _copy_existing_into(self, upload: Upload) -> None:

@@ -172,3 +172,16 @@ def test_serve_refuses_to_start_when_the_token_variable_is_unset(
     assert result.returncode == 2
     assert "admin.token_env: env var H1_TOKEN_NOT_SET is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_limit_that_is_not_ascii_digits_is_a_400_not_a_500(serve_factory) -> None:
+    admin = serve_with_admin(serve_factory)
+    for path in (
+        "/api/uploads?limit=%C2%B2",
+        "/uploads?limit=%C2%B2",
+        "/api/uploads?limit=" + "9" * 50,
+    ):
+        answer = http_get(admin.url + path)
+        assert answer.status == 400, (path, answer.status)
+        assert "limit: must be a whole number" in answer.body
+    assert "Traceback" not in admin.served.log_text()

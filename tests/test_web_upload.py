@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +149,205 @@ def test_tus_refusals_leave_nothing_in_s3(web: ServeProcess) -> None:
     assert web.user_can_upload()  # SFTP still serves beside it
 
 
+def random_pdf(size: int) -> bytes:
+    return b"%PDF-1.7\n" + os.urandom(size - 9)
+
+
+def stored(served: ServeProcess, name: str) -> bytes:
+    key = f"incoming/alice/{name}"
+    body: bytes = served.s3().get_object(Bucket=served.bucket, Key=key)["Body"].read()
+    return body
+
+
+def test_a_corrected_file_of_the_same_name_never_continues_the_interrupted_one(
+    web: ServeProcess,
+) -> None:
+    url, _ = create_link(web)
+    old, new = random_pdf(12 * MIB), random_pdf(10 * MIB)
+    old_location = absolute(url, tus_create(url, "report.pdf", len(old)).headers["Location"])
+    assert tus_patch(old_location, 0, old[: 7 * MIB]).headers["Upload-Offset"] == str(5 * MIB)
+
+    location = absolute(url, tus_create(url, "report.pdf", len(new)).headers["Location"])
+    head = requests.head(location, headers=TUS, timeout=10)
+    assert head.headers["Upload-Offset"] == "0"
+    wrong = tus_patch(location, 5 * MIB, new[5 * MIB :])
+    assert wrong.status_code == 409
+    done = tus_patch(location, 0, new)
+    assert done.status_code == 204, done.text
+    sha = hashlib.sha256(new).hexdigest()
+    assert done.headers["Upload-Sha256"] == sha
+    assert stored(web, "report.pdf") == new
+    rows = catalog_rows(web, "select status, size, sha256 from uploads order by started_at")
+    assert rows == [("aborted", 5 * MIB, None), ("completed", len(new), sha)]
+    assert open_multipart(web) == []
+    # the old URL does not pick up the new file either
+    assert requests.head(old_location, headers=TUS, timeout=10).headers["Upload-Offset"] == "0"
+
+
+def test_a_link_never_continues_an_interrupted_sftp_upload_of_the_same_name(
+    web: ServeProcess,
+) -> None:
+    url, _ = create_link(web)
+    body = random_pdf(11 * MIB)
+    sftp = web.ssh_client().open_sftp()
+    handle = sftp.open("/shared.pdf", "wb")
+    handle.write(body[: 6 * MIB])
+    handle.flush()
+    sftp.get_channel().get_transport().close()  # the SFTP client is cut mid-file
+    wait_until(
+        lambda: catalog_rows(web, "select status from uploads") == [("interrupted",)], timeout=20
+    )
+    other = random_pdf(11 * MIB)
+    location = absolute(url, tus_create(url, "shared.pdf", len(other)).headers["Location"])
+    assert requests.head(location, headers=TUS, timeout=10).headers["Upload-Offset"] == "0"
+    assert tus_patch(location, 0, other).status_code == 204
+    assert stored(web, "shared.pdf") == other
+
+
+def test_the_same_name_and_size_again_is_a_new_upload_not_a_done_one(web: ServeProcess) -> None:
+    url, _ = create_link(web)
+    first, second = random_pdf(MIB), random_pdf(MIB)
+    location = absolute(url, tus_create(url, "invoice.pdf", MIB).headers["Location"])
+    assert tus_patch(location, 0, first).status_code == 204
+    again = absolute(url, tus_create(url, "invoice.pdf", MIB).headers["Location"])
+    assert again != location
+    assert requests.head(again, headers=TUS, timeout=10).headers["Upload-Offset"] == "0"
+    done = tus_patch(again, 0, second)
+    assert done.status_code == 204
+    assert done.headers["Upload-Sha256"] == hashlib.sha256(second).hexdigest()
+    assert stored(web, "invoice.pdf") == second
+    # the first URL, asked again (its answer lost), is done with its own SHA-256
+    head = requests.head(location, headers=TUS, timeout=10)
+    assert head.headers["Upload-Offset"] == str(MIB)
+    assert head.headers["Upload-Sha256"] == hashlib.sha256(first).hexdigest()
+    listed = json.loads(web.cli("links", "list", "--json").stdout)
+    assert listed[0]["uploads_used"] == 2
+
+
+def test_a_link_for_one_upload_publishes_one_of_three_overlapping_uploads(
+    web: ServeProcess,
+) -> None:
+    url, _ = create_link(web, "--max-uploads", "1")
+    size = 200_000
+    bodies = [random_pdf(size) for _ in range(3)]
+    locations = [
+        absolute(url, tus_create(url, f"f{i}.pdf", size).headers["Location"]) for i in range(3)
+    ]
+    barrier = threading.Barrier(3, timeout=30)
+    answers: list[Any] = [None] * 3
+
+    def body(i: int) -> Any:
+        yield bodies[i][:1000]
+        barrier.wait()  # every PATCH has passed the link check when the first ends
+        yield bodies[i][1000:]
+
+    def send(i: int) -> None:
+        headers = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        answers[i] = requests.patch(locations[i], data=body(i), headers=headers, timeout=60)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(a.status_code for a in answers) == [204, 410, 410]
+    refused = [a for a in answers if a.status_code == 410]
+    assert all("used for its 1 uploads" in a.text for a in refused)
+    objects = web.s3().list_objects_v2(Bucket=web.bucket).get("Contents", [])
+    assert len(objects) == 1
+    assert open_multipart(web) == []
+    assert json.loads(web.cli("links", "list", "--json").stdout)[0]["uploads_used"] == 1
+
+
+def test_a_patch_that_spans_a_revocation_stores_nothing(web: ServeProcess) -> None:
+    url, link_id = create_link(web)
+    body = random_pdf(12 * MIB)
+    location = absolute(url, tus_create(url, "during.pdf", len(body)).headers["Location"])
+    revoked = threading.Event()
+
+    def stream() -> Any:
+        yield body[: 6 * MIB]
+        revoked.wait(60)
+        yield body[6 * MIB :]
+
+    answer: dict[str, Any] = {}
+    headers = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    thread = threading.Thread(
+        target=lambda: answer.setdefault(
+            "r", requests.patch(location, data=stream(), headers=headers, timeout=120)
+        )
+    )
+    thread.start()
+    time.sleep(2)
+    web.cli("links", "revoke", link_id)
+    revoked.set()
+    thread.join(120)
+    assert answer["r"].status_code == 410 and "revoked" in answer["r"].text
+    assert web.s3().list_objects_v2(Bucket=web.bucket).get("KeyCount", 0) == 0
+    assert open_multipart(web) == []
+    assert catalog_rows(web, "select status from uploads") == [("aborted",)]
+    assert json.loads(web.cli("links", "list", "--json").stdout)[0]["uploads_used"] == 0
+
+
+def test_a_temporary_file_name_is_refused_before_any_byte(
+    serve_factory: Callable[..., ServeProcess],
+) -> None:
+    served = serve_factory(
+        {
+            "admin": {"listen": f"127.0.0.1:{free_port()}"},
+            "uploads": {"allowed_extensions": [], "require_pdf_signature": False},
+        }
+    )
+    wait_until(lambda: "admin listener on" in served.log_text(), timeout=20)
+    url, _ = create_link(served)
+    refused = tus_create(url, "backup.tar.part", 6 * MIB)
+    assert refused.status_code == 400
+    assert "temporary files" in refused.text
+    assert catalog_rows(served, "select * from uploads") == []
+
+
+def test_a_chunk_smaller_than_a_part_is_refused_before_any_row(web: ServeProcess) -> None:
+    url, _ = create_link(web)
+    body = random_pdf(8 * MIB)
+    location = absolute(url, tus_create(url, "small.pdf", len(body)).headers["Location"])
+    small = tus_patch(location, 0, body[: 2 * MIB])
+    assert small.status_code == 400
+    assert "at least 5242880 bytes" in small.text
+    assert catalog_rows(web, "select * from uploads") == []
+    assert catalog_rows(web, "select * from outbox") == []
+    assert tus_patch(location, 0, body).status_code == 204  # the whole file in one request
+
+
+def test_bad_numbers_and_unknown_uploads_are_client_errors(web: ServeProcess) -> None:
+    url, _ = create_link(web)
+    for value in ("\u00b2", "9" * 5000, "-1", "1e3"):
+        answer = requests.post(
+            url + "/files",
+            headers={**TUS, "Upload-Length": value, "Upload-Metadata": "filename YS5wZGY="},
+            timeout=10,
+        )
+        assert answer.status_code == 400 and "Upload-Length" in answer.text
+    location = absolute(url, tus_create(url, "a.pdf", 100).headers["Location"])
+    odd = requests.patch(
+        location,
+        data=b"x",
+        headers={
+            **TUS,
+            "Upload-Offset": "\u00b3",
+            "Content-Type": "application/offset+octet-stream",
+        },
+        timeout=10,
+    )
+    assert odd.status_code == 400 and "Upload-Offset" in odd.text
+    name = base64.urlsafe_b64encode(b"a.pdf").decode().rstrip("=")
+    never = [f"{name}.100", f"{name}.%C2%B2", location.rsplit("/", 1)[1][:-1] + "0"]
+    for ref in never:
+        missing = url + "/files/" + ref
+        assert requests.head(missing, headers=TUS, timeout=10).status_code == 404
+        assert tus_patch(missing, 0, b"%PDF-1.7\n").status_code == 404
+    assert " ERROR " not in web.log_text() and "Traceback" not in web.log_text()
+
+
 # -- the page, in a real browser -----------------------------------------------------------
 
 
@@ -170,7 +371,8 @@ def test_browser_uploads_50mb_pdf_resumes_after_closed_page(
     local = make_pdf(web.tmp / "report.pdf", 50 * 1000 * 1000)
     expected = hashlib.sha256(local.read_bytes()).hexdigest()
 
-    first = browser.new_page()
+    context = browser.new_context()  # one browser profile: its localStorage keeps the upload
+    first = context.new_page()
     first.goto(url)
     first.set_input_files("#file", str(local))
     first.click("#start")
@@ -180,7 +382,7 @@ def test_browser_uploads_50mb_pdf_resumes_after_closed_page(
         lambda: catalog_rows(web, "select status from uploads") == [("interrupted",)], timeout=15
     )
 
-    page = browser.new_page()
+    page = context.new_page()
     page.goto(url)
     page.set_input_files("#file", str(local))
     page.click("#start")
@@ -237,3 +439,12 @@ def test_browser_shows_why_a_file_is_refused(web: ServeProcess, browser: Any) ->
     time.sleep(0.5)
     assert web.s3().list_objects_v2(Bucket=web.bucket).get("KeyCount", 0) == 0
     assert open_multipart(web) == []
+
+
+def test_the_page_of_a_removed_users_link_is_the_refused_page(web: ServeProcess) -> None:
+    url, _ = create_link(web)
+    web.cli("users", "remove", "alice")
+    page = requests.get(url, timeout=10)
+    assert page.status_code == 410
+    assert page.headers["content-type"].startswith("text/html")
+    assert "no longer exists" in page.text and 'id="refused"' in page.text

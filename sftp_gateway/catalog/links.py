@@ -11,10 +11,10 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import sessionmaker
 
 from sftp_gateway.catalog.models import UploadLinkRow
@@ -152,4 +152,37 @@ class LinkStore:
                 update(UploadLinkRow)
                 .where(UploadLinkRow.id == link_id)
                 .values(uploads_used=UploadLinkRow.uploads_used + 1)
+            )
+
+    def reserve_use(self, link_id: str, now: datetime | None = None) -> bool:
+        """Take one use of the link for an upload about to be published, in one
+        conditional UPDATE (atomic on every database): only while the link is neither
+        revoked nor expired and has a use left. False: publish nothing."""
+        now = now or utcnow()
+        room = or_(
+            UploadLinkRow.max_uploads.is_(None),
+            UploadLinkRow.uploads_used < UploadLinkRow.max_uploads,
+        )
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(UploadLinkRow)
+                .where(
+                    UploadLinkRow.id == link_id,
+                    UploadLinkRow.revoked_at.is_(None),
+                    UploadLinkRow.expires_at > now,
+                    room,
+                )
+                .values(uploads_used=UploadLinkRow.uploads_used + 1)
+                .execution_options(synchronize_session=False)
+            )
+            return cast("CursorResult[Any]", result).rowcount == 1
+
+    def release_use(self, link_id: str) -> None:
+        """Give back a use taken by reserve_use() for an upload that was not published."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(UploadLinkRow)
+                .where(UploadLinkRow.id == link_id, UploadLinkRow.uploads_used > 0)
+                .values(uploads_used=UploadLinkRow.uploads_used - 1)
+                .execution_options(synchronize_session=False)
             )

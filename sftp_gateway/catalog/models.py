@@ -92,6 +92,8 @@ class UploadRow(Base):
     compression: Mapped[str | None] = mapped_column(String(16))
     # Uploaded from a browser through this upload link (upload_links.id), else None.
     link_id: Mapped[str | None] = mapped_column(String(36))
+    # ... and by this browser upload (its tus URL's id): what the page resumes.
+    client_ref: Mapped[str | None] = mapped_column(String(64))
 
 
 class UploadLinkRow(Base):

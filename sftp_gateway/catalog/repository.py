@@ -468,6 +468,20 @@ class Catalog:
             row = session.get(UploadRow, upload_id)
             return _upload_record(row) if row else None
 
+    def published_by(self, bucket: str, key: str, client_ref: str) -> UploadRecord | None:
+        """The file a browser upload (its tus URL's id) published at `key`, even if
+        another has replaced it since: that upload is done, not to be sent again."""
+        with self._tx() as session:
+            row = session.scalars(
+                select(UploadRow).where(
+                    UploadRow.bucket == bucket,
+                    UploadRow.object_key == key,
+                    UploadRow.client_ref == client_ref,
+                    UploadRow.status.in_((COMPLETED, UploadStatus.REPLACED)),
+                )
+            ).first()
+            return _upload_record(row) if row is not None else None
+
     def uploads_for_key(self, bucket: str, key: str) -> list[UploadRecord]:
         """Every upload to this key, newest first: who uploaded this object, when."""
         with self._tx() as session:

@@ -1,21 +1,101 @@
 """uvicorn on a background thread, with its own event loop, started and stopped like the
-gateway's other background workers."""
+gateway's other background workers.
+
+Limits on what a client may hold (both listeners, admin and upload links): a request
+head must arrive whole within HEADER_TIMEOUT seconds of its first byte (or of the
+connection, for a silent one), else 408 and the connection is closed (uvicorn itself
+never times a half-sent head out); heads are at most uvicorn's h11 default of 16 KiB
+(h11_max_incomplete_event_size); idle keep-alive connections close after
+KEEP_ALIVE_TIMEOUT; past LIMIT_CONCURRENCY connections or requests, uvicorn answers 503.
+A request with both Content-Length and Transfer-Encoding (request smuggling) is
+answered 400 and its connection closed. Slow request bodies are the application's
+to time out (web/upload_tus.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
 from typing import Any
 
+import h11
 import uvicorn
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sftp_gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+HEADER_TIMEOUT = 20.0  # seconds for a whole request head (slowloris headers)
+KEEP_ALIVE_TIMEOUT = 5  # uvicorn's default, stated
+LIMIT_CONCURRENCY = 512  # connections + requests of one listener; more: 503
+TIMED_OUT_HEAD = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request head does not arrive
+    whole within HEADER_TIMEOUT (uvicorn cancels its keep-alive timer at the first byte
+    and never times the rest out)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _watch_head(self) -> None:
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if not waiting:
+            self._stop_head_timer()
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(TIMED_OUT_HEAD)
+            self.transport.close()
+
+
+class RequestGuard:
+    """Refuse what uvicorn/h11 let through but should not: Content-Length together with
+    Transfer-Encoding (400, connection closed, so nothing pipelined behind it is read)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {name.lower() for name, _ in scope.get("headers", [])}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                response = PlainTextResponse(
+                    "a request may not carry both Content-Length and Transfer-Encoding\n",
+                    status_code=400,
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class AdminServer:
@@ -42,7 +122,10 @@ class AdminServer:
         sock = self._bind()
         self.address = sock.getsockname()[:2]
         config = uvicorn.Config(
-            self.app,
+            RequestGuard(self.app),
+            http=HeadTimeoutProtocol,
+            timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
+            limit_concurrency=LIMIT_CONCURRENCY,
             log_config=None,  # keep the gateway's logging (text or JSON) as it is
             log_level="warning",  # our own line says where it listens
             access_log=False,

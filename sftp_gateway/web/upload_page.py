@@ -10,10 +10,13 @@ on their own listener (`web.listen`).
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from anyio import to_thread
+from anyio import CancelScope, to_thread
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,13 +31,16 @@ from sftp_gateway.catalog.links import LinkStore, UploadLink
 from sftp_gateway.errors import GatewayError
 from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.records import ClientInfo, Principal
+from sftp_gateway.transfer import FileWriter
 from sftp_gateway.units import human_size
 from sftp_gateway.upload.budget import Owner
 from sftp_gateway.web.auth import SECURITY_HEADERS
 from sftp_gateway.web.upload_tus import (
+    DIGITS,
     TUS_VERSION,
     ClientDisconnect,
     FileRef,
+    Position,
     TusError,
     TusUploads,
     file_name,
@@ -49,6 +55,10 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 MAX_USER_AGENT = 255  # as the SSH version string is stored
 PREFIX = "/u"
+# PATCH requests streaming through one link at once (this process), and never all of
+# the account's uploads.max_concurrent_per_user: a link holder cannot lock the
+# account's own SFTP uploads out with stalled requests.
+LINK_PATCHES = 4
 
 
 def user_agent(request: Request) -> str | None:
@@ -69,6 +79,41 @@ class UploadLinks:
         self.gateway = gateway
         self.settings = gateway.settings
         self.links = LinkStore(gateway.catalog.engine)
+        self._streaming: dict[str, int] = {}  # link id -> PATCH requests streaming now
+        self._lock = threading.Lock()
+
+    def patch_limit(self) -> int:
+        per_user: int = self.settings.uploads.max_concurrent_per_user
+        return max(1, min(LINK_PATCHES, per_user - 1))
+
+    @contextmanager
+    def streaming(self, link: UploadLink) -> Iterator[None]:
+        """Hold one of the link's PATCH slots while a body streams; 429 when none is free."""
+        limit = self.patch_limit()
+        with self._lock:
+            count = self._streaming.get(link.id, 0)
+            if count >= limit:
+                raise TusError(
+                    429,
+                    f"too many uploads through this link at once (limit {limit});"
+                    " wait for one to finish",
+                )
+            self._streaming[link.id] = count + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._streaming[link.id] - 1
+                if left:
+                    self._streaming[link.id] = left
+                else:
+                    del self._streaming[link.id]
+
+    def refusal_text(self, link: UploadLink) -> str:
+        """Why a use of the link could not be taken (it changed since the request began)."""
+        current = self.links.get(link.id)
+        refusal = current.refusal() if current is not None else "this upload link was removed"
+        return refusal or "this upload link can take no more uploads"
 
     def chunk_size(self) -> int:
         part: int = self.settings.storage.part_size
@@ -138,9 +183,9 @@ def routes(gateway: Any) -> list[BaseRoute]:
     async def page(request: Request) -> Response:
         try:
             link = await to_thread.run_sync(links.link_for, request)
+            uploads = await to_thread.run_sync(links.uploads_for, request, link)
         except TusError as exc:
             return _refused_page(exc)
-        uploads = await to_thread.run_sync(links.uploads_for, request, link)
         html = _render(
             "upload.html",
             error=None,
@@ -173,38 +218,47 @@ def routes(gateway: Any) -> list[BaseRoute]:
             parse_metadata(request.headers.get("Upload-Metadata", "")).get("filename", "")
         )
         await to_thread.run_sync(uploads.check_new, name, length)
-        ref = FileRef(name, length)
-        location = f"{PREFIX}/{request.path_params['token']}/files/{ref.encode()}"
+        token = request.path_params["token"]
+        ref = FileRef.new(name, length)  # every POST is a new upload with its own URL
+        location = f"{PREFIX}/{token}/files/{ref.encode(token)}"
         return tus_response(201, {"Location": location, "Upload-Offset": "0"})
 
     async def head(request: Request) -> Response:
         link = await to_thread.run_sync(links.link_for, request)
         uploads = await to_thread.run_sync(links.uploads_for, request, link)
-        ref = FileRef.decode(request.path_params["ref"])
-        offset = await to_thread.run_sync(uploads.offset, ref)
-        return tus_response(200, {"Upload-Offset": str(offset), "Upload-Length": str(ref.length)})
+        ref = FileRef.decode(request.path_params["ref"], request.path_params["token"])
+        position = await to_thread.run_sync(uploads.position, ref)
+        headers = {"Upload-Offset": str(position.offset), "Upload-Length": str(ref.length)}
+        if position.sha256:
+            headers["Upload-Sha256"] = position.sha256
+        return tus_response(200, headers)
 
     async def patch(request: Request) -> Response:
         if request.headers.get("content-type") != "application/offset+octet-stream":
             raise TusError(415, "Content-Type must be application/offset+octet-stream")
         link = await to_thread.run_sync(links.link_for, request)
         uploads = await to_thread.run_sync(links.uploads_for, request, link)
-        ref = FileRef.decode(request.path_params["ref"])
+        ref = FileRef.decode(request.path_params["ref"], request.path_params["token"])
         offset = header_int(request, "Upload-Offset")
-        durable = await to_thread.run_sync(uploads.offset, ref)
-        if offset != durable:
+        position = await to_thread.run_sync(uploads.position, ref)
+        if offset != position.offset:
             raise TusError(
-                409, f"Upload-Offset {offset} does not match the upload's offset {durable}"
+                409, f"Upload-Offset {offset} does not match the upload's offset {position.offset}"
             )
-        if durable >= ref.length and ref.length > 0:
-            return tus_response(204, {"Upload-Offset": str(durable)})
+        if position.sha256:  # this upload was published (its answer was lost): done
+            return tus_response(
+                204, {"Upload-Offset": str(position.offset), "Upload-Sha256": position.sha256}
+            )
         await to_thread.run_sync(uploads.check_new, ref.name, ref.length)
-        return await _patch(request, link, uploads, ref, offset)
+        _check_progress(request, uploads, ref, offset)
+        with links.streaming(link):
+            return await _patch(request, link, uploads, ref, position)
 
     async def _patch(
-        request: Request, link: UploadLink, uploads: TusUploads, ref: FileRef, offset: int
+        request: Request, link: UploadLink, uploads: TusUploads, ref: FileRef, start: Position
     ) -> Response:
-        writer = await to_thread.run_sync(uploads.open, ref, offset)
+        writer = await to_thread.run_sync(uploads.open, ref, start)
+        offset = start.offset
         log.info(
             "web upload of %s for %s from %s: PATCH at offset %d of %d (link %s)",
             ref.name,
@@ -217,27 +271,49 @@ def routes(gateway: Any) -> list[BaseRoute]:
         try:
             position = await stream_patch(request, writer, offset, ref.length)
         except (ClientDisconnect, OSError):
-            await to_thread.run_sync(writer.abandon, "the browser went away mid-request")
-            return tus_response(400, text="the request was cut")
+            await to_thread.run_sync(writer.abandon, "the browser went away")
+            return tus_response(400, {"Connection": "close"}, "the request was cut")
+        except TusError as exc:
+            await to_thread.run_sync(writer.abandon, str(exc))
+            return tus_response(exc.status, {"Connection": "close"}, str(exc))
         except GatewayError:
             await to_thread.run_sync(writer.abandon, "refused")
             raise
-        except TusError:
-            await to_thread.run_sync(writer.abandon, "refused")
+        except BaseException:  # cancelled (server stopping): keep what S3 holds
+            with CancelScope(shield=True):
+                await to_thread.run_sync(writer.abandon, "the server stopped")
             raise
         if position < ref.length:
-            await to_thread.run_sync(writer.abandon, "between two requests of a browser upload")
-            durable = await to_thread.run_sync(uploads.offset, ref)
-            return tus_response(204, {"Upload-Offset": str(durable)})
-        record = await to_thread.run_sync(writer.commit)
-        await to_thread.run_sync(links.links.count_upload, link.id)
-        sha256 = record.sha256 if record is not None else ""
-        return tus_response(204, {"Upload-Offset": str(position), "Upload-Sha256": sha256 or ""})
+            await to_thread.run_sync(writer.abandon, "between two requests of the browser")
+            durable = await to_thread.run_sync(uploads.position, ref)
+            return tus_response(204, {"Upload-Offset": str(durable.offset)})
+        return await _publish(link, writer, ref)
+
+    async def _publish(link: UploadLink, writer: FileWriter, ref: FileRef) -> Response:
+        """The last byte arrived: take one use of the link (atomically: revoked, expired
+        or used up since the request began publishes nothing), then publish."""
+        if not await to_thread.run_sync(links.links.reserve_use, link.id):
+            text = await to_thread.run_sync(links.refusal_text, link)
+            log.warning(
+                "upload of %s refused at its end: upload link %s: %s", ref.name, link.id, text
+            )
+            await to_thread.run_sync(writer.discard, f"upload link: {text}")
+            raise TusError(410, f"{text}: the file was not stored")
+        try:
+            record = await to_thread.run_sync(writer.commit)
+        except BaseException:
+            await to_thread.run_sync(links.links.release_use, link.id)
+            raise
+        if record is None or not record.sha256:  # never say "stored" without a record
+            await to_thread.run_sync(links.links.release_use, link.id)
+            await to_thread.run_sync(writer.discard, "not published")
+            raise TusError(500, "the file was not stored")
+        return tus_response(204, {"Upload-Offset": str(ref.length), "Upload-Sha256": record.sha256})
 
     async def delete(request: Request) -> Response:
         link = await to_thread.run_sync(links.link_for, request)
         uploads = await to_thread.run_sync(links.uploads_for, request, link)
-        ref = FileRef.decode(request.path_params["ref"])
+        ref = FileRef.decode(request.path_params["ref"], request.path_params["token"])
         await to_thread.run_sync(uploads.terminate, ref)
         return tus_response(204)
 
@@ -251,6 +327,25 @@ def routes(gateway: Any) -> list[BaseRoute]:
         Route(PREFIX + "/{token}/files/{ref}", delete, methods=["DELETE"]),
         Mount(PREFIX + "-static", app=StaticFiles(directory=HERE / "static"), name="upload-static"),
     ]
+
+
+def _check_progress(request: Request, uploads: TusUploads, ref: FileRef, offset: int) -> None:
+    """A PATCH that does not end the file must carry at least one S3 part: less keeps
+    nothing in S3 (only whole parts are durable between requests), so the client would
+    resend the same bytes forever. Refused before any row, part or event exists."""
+    declared = request.headers.get("content-length", "").strip()
+    if not DIGITS.fullmatch(declared):
+        return  # chunked: the writer sees the end
+    end = offset + int(declared)
+    if end > ref.length:
+        raise TusError(413, "the request goes past Upload-Length")
+    part = uploads.part_size(ref)
+    if end < ref.length and int(declared) < part:
+        raise TusError(
+            400,
+            f"a PATCH that does not end the file must send at least {part} bytes"
+            f" ({human_size(part)}, one storage part); send chunks in multiples of {part} bytes",
+        )
 
 
 async def _tus_error(request: Request, exc: Exception) -> Response:

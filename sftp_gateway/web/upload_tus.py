@@ -7,18 +7,34 @@ upload at its durable size (the parts S3 holds), exactly what SFTP leaves after 
 connection, so HEAD answers that offset from the catalog, on any instance. The PATCH
 that reaches Upload-Length seals and publishes the file (SFTP's CLOSE).
 
-An upload's URL names the file and its length (`/u/TOKEN/files/REF`): nothing is kept
-in memory between requests, and choosing the same file again finds the same upload.
+An upload's URL (`/u/TOKEN/files/REF`) names the file, its length and the POST that
+created it (a random id with its time, signed with the link's token): nothing is kept in
+memory between requests. The upload's row carries that id (`client_ref`) and its link,
+and only a partial upload with both is resumed: another file of the same name (a later
+POST, an SFTP upload, another link) never continues it, and a new POST never inherits
+an earlier upload's "done".
+
+Limits the stateless design needs: a PATCH body idle for BODY_IDLE_TIMEOUT seconds, or
+averaging under MIN_BODY_RATE after SLOW_BODY_GRACE seconds, is ended (408) and kept
+resumable like a dropped SFTP connection; a non-final PATCH must carry at least one S3
+part (less would keep nothing, so the client could never advance).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import posixpath
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 from anyio import to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
@@ -33,12 +49,21 @@ from sftp_gateway.errors import (
 )
 from sftp_gateway.filesystem import UserFilesystem
 from sftp_gateway.paths import normalize
+from sftp_gateway.records import UploadRecord
+from sftp_gateway.s3limits import part_size_for
 from sftp_gateway.transfer import FileBusy, FileWriter, check_name_allowed, drop_partial
 
 log = logging.getLogger(__name__)
 TUS_VERSION = "1.0.0"
 TUS_HEADERS = {"Tus-Resumable": TUS_VERSION}
 HAND_OFF_BYTES = 1 << 20  # request pieces (~64 KiB) are handed to the writer 1 MiB at a time
+BODY_IDLE_TIMEOUT = 60.0  # seconds a PATCH body may send nothing before it is ended (408)
+SLOW_BODY_GRACE = 120.0  # seconds after which a PATCH must average MIN_BODY_RATE ...
+MIN_BODY_RATE = 1024  # ... bytes per second, or it is ended (408): slowloris bodies
+MAX_DIGITS = 19  # Upload-Length / Upload-Offset: ASCII digits, at most this many
+DIGITS = re.compile(f"[0-9]{{1,{MAX_DIGITS}}}")
+UPLOAD_ID = re.compile(r"[0-9]{1,16}-[0-9a-f]{12}")
+MAC_HEX = 16
 
 
 class TusError(Exception):
@@ -78,25 +103,56 @@ def status_for(error: GatewayError) -> int:
 
 @dataclass(frozen=True)
 class FileRef:
-    """What an upload URL names: the file (its name in the link's folder) and its length."""
+    """What an upload URL names: the file (its name in the link's folder), its length,
+    and the POST that created it (`upload`: its time in ms, then random hex)."""
 
     name: str
     length: int
-
-    def encode(self) -> str:
-        raw = base64.urlsafe_b64encode(self.name.encode()).decode().rstrip("=")
-        return f"{raw}.{self.length}"
+    upload: str
 
     @classmethod
-    def decode(cls, ref: str) -> FileRef:
-        raw, _, length = ref.rpartition(".")
+    def new(cls, name: str, length: int) -> FileRef:
+        return cls(name, length, f"{time.time_ns() // 1_000_000}-{secrets.token_hex(6)}")
+
+    def _mac(self, key: str) -> str:
+        message = f"{self.name}\n{self.length}\n{self.upload}".encode()
+        return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:MAC_HEX]
+
+    def encode(self, key: str) -> str:
+        raw = base64.urlsafe_b64encode(self.name.encode()).decode().rstrip("=")
+        return f"{raw}.{self.length}.{self.upload}.{self._mac(key)}"
+
+    @classmethod
+    def decode(cls, ref: str, key: str) -> FileRef:
+        """The upload a URL names, if a POST with this `key` (the link's token) made it;
+        anything else is 404, never a 500."""
+        pieces = ref.split(".")
+        if len(pieces) != 4:
+            raise TusError(404, "no such upload")
+        raw, length, upload, mac = pieces
+        if not DIGITS.fullmatch(length) or not UPLOAD_ID.fullmatch(upload):
+            raise TusError(404, "no such upload")
         try:
             name = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, UnicodeDecodeError, ValueError):
             raise TusError(404, "no such upload") from None
-        if not length.isdigit():
+        try:
+            decoded = cls(file_name(name), int(length), upload)
+        except TusError:
+            raise TusError(404, "no such upload") from None
+        if not hmac.compare_digest(decoded._mac(key), mac):
             raise TusError(404, "no such upload")
-        return cls(file_name(name), int(length))
+        return decoded
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where an upload stands: the offset S3 durably holds, the partial upload it
+    continues (None: a new one starts at 0), and the SHA-256 once it is published."""
+
+    offset: int
+    partial_id: str | None = None
+    sha256: str | None = None
 
 
 def file_name(raw: str) -> str:
@@ -124,9 +180,13 @@ def parse_metadata(header: str) -> dict[str, str]:
 
 
 def header_int(request: Request, name: str) -> int:
-    value = request.headers.get(name, "")
-    if not value.isdigit():
-        raise TusError(400, f"{name}: a non-negative integer is required")
+    """A non-negative integer header: ASCII digits only (str.isdigit takes "²", which
+    int() refuses), at most MAX_DIGITS of them; else 400."""
+    value = request.headers.get(name, "").strip()
+    if not DIGITS.fullmatch(value):
+        raise TusError(
+            400, f"{name}: a non-negative integer of at most {MAX_DIGITS} digits is required"
+        )
     return int(value)
 
 
@@ -147,33 +207,64 @@ class TusUploads:
     def check_new(self, name: str, length: int) -> None:
         """POST: refuse what the pipeline would refuse, before a byte is sent."""
         self.fs.require("write")
-        check_name_allowed(self.path_of(name), self.fs.settings.uploads.allowed_extensions)
+        path = self.path_of(name)
+        if self.fs.final_name(path) != path:
+            raise TusError(
+                400,
+                f"{name}: names like this are reserved for temporary files of SFTP clients"
+                " (uploads.temp_name_patterns); rename the file and choose it again",
+            )
+        check_name_allowed(path, self.fs.settings.uploads.allowed_extensions)
         if length > self.max_size:
             raise QuotaExceeded(f"file exceeds the maximum size of {_size(self.max_size)}")
 
-    def offset(self, ref: FileRef) -> int:
-        """What S3 durably holds of this file: the resumable size, else 0 (or the
-        length, once it was published)."""
-        key = self.fs.jail.key(self.path_of(ref.name))
-        partial = self.fs.catalog.interrupted_upload(self.fs.storage.bucket, key)
-        if partial is not None:
-            return partial.size
-        done = self.fs.catalog.latest_completed(self.fs.storage.bucket, [key]).get(key)
-        link_id = self.fs.client.link_id
-        if done is not None and done.link_id == link_id and done.size == ref.length:
-            return ref.length
-        return 0
+    def part_size(self, ref: FileRef) -> int:
+        """The part size of this upload's S3 parts (a known size: one constant size)."""
+        configured: int = self.fs.settings.storage.part_size
+        return part_size_for(configured, ref.length)
 
-    def open(self, ref: FileRef, offset: int) -> FileWriter:
-        """A writer that starts a new file at 0, or resumes the interrupted one."""
-        return self.fs.open_upload(
-            self.path_of(ref.name), truncate=offset == 0, expected_size=ref.length
+    def position(self, ref: FileRef) -> Position:
+        """What S3 durably holds of this upload. Only the partial upload this very URL
+        started (its row's client_ref, through this link) is resumed, and the upload is
+        done once this URL published its file (even if a later one replaced it: a lost
+        answer must not send it again); anything else is a new upload at 0, never
+        another file's bytes."""
+        key = self.fs.jail.key(self.path_of(ref.name))
+        bucket = self.fs.storage.bucket
+        partial = self.fs.catalog.interrupted_upload(bucket, key)
+        if partial is not None and self._owns(partial, ref):
+            return Position(partial.size, partial.id)
+        done = self.fs.catalog.published_by(bucket, key, ref.upload)
+        if done is not None and done.sha256 and self._owns(done, ref):
+            return Position(ref.length, sha256=done.sha256)
+        return Position(0)
+
+    def _owns(self, record: UploadRecord, ref: FileRef) -> bool:
+        """The row is this URL's upload (a POST of this link, at this length)."""
+        return (
+            record.client_ref == ref.upload
+            and record.link_id is not None
+            and record.link_id == self.fs.client.link_id
         )
+
+    def open(self, ref: FileRef, position: Position) -> FileWriter:
+        """A writer that starts a new file at 0, or resumes this upload's partial one
+        (checked again once the name is held: it must still be the same upload)."""
+        writer = self.fs.open_upload(
+            self.path_of(ref.name),
+            truncate=position.offset == 0,
+            expected_size=ref.length,
+            client_ref=ref.upload,
+        )
+        if position.offset > 0 and self.position(ref).partial_id != position.partial_id:
+            writer.discard("the upload changed under the request")
+            raise TusError(409, "the upload changed meanwhile: ask for its offset again")
+        return writer
 
     def terminate(self, ref: FileRef) -> None:
         key = self.fs.jail.key(self.path_of(ref.name))
         partial = self.fs.catalog.interrupted_upload(self.fs.storage.bucket, key)
-        if partial is None:
+        if partial is None or not self._owns(partial, ref):
             raise NotFound("no such upload in progress")
         drop_partial(self.fs.uploader, partial, "cancelled in the browser")
 
@@ -186,15 +277,26 @@ def _size(value: int) -> str:
 
 async def stream_patch(request: Request, writer: FileWriter, offset: int, length: int) -> int:
     """Hand the body to the writer as it arrives (never buffered whole); returns the
-    offset after it. A body past Upload-Length is refused; a cut one ends the loop."""
+    offset after it. A body past Upload-Length is refused; a cut one ends the loop; a
+    stalled or crawling one is ended with 408 (TusError) after what it sent is handed on."""
     pending: list[bytes] = []
     held = 0
     position = offset
-    async for piece in request.stream():
+    started = time.monotonic()
+    received = 0
+    pieces = request.stream().__aiter__()
+    while True:
+        piece = await _next_piece(pieces)
+        if piece is None:
+            break
         if not piece:
             continue
         if position + held + len(piece) > length:
             raise TusError(413, "the request goes past Upload-Length")
+        received += len(piece)
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_BODY_GRACE and received < MIN_BODY_RATE * elapsed:
+            raise TusError(408, f"the request is too slow (under {MIN_BODY_RATE} bytes/s)")
         pending.append(piece)
         held += len(piece)
         if held >= HAND_OFF_BYTES:
@@ -203,6 +305,20 @@ async def stream_patch(request: Request, writer: FileWriter, offset: int, length
     if pending:
         position = await _hand_off(writer, position, b"".join(pending))
     return position
+
+
+async def _next_piece(pieces: AsyncIterator[bytes]) -> bytes | None:
+    """The next piece of the body, None at its end; TusError 408 when nothing came for
+    BODY_IDLE_TIMEOUT seconds."""
+    try:
+        with anyio.fail_after(BODY_IDLE_TIMEOUT):
+            return await pieces.__anext__()
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise TusError(
+            408, f"the request sent nothing for {BODY_IDLE_TIMEOUT:.0f} seconds"
+        ) from None
 
 
 async def _hand_off(writer: FileWriter, position: int, data: bytes) -> int:
@@ -214,6 +330,7 @@ __all__ = [
     "ClientDisconnect",
     "FileBusy",
     "FileRef",
+    "Position",
     "TusError",
     "TusUploads",
     "header_int",

@@ -58,7 +58,9 @@ def recent_uploads(gateway: Any, params: dict[str, str]) -> list[dict[str, Any]]
     if status is not None and status not in STATUSES:
         raise BadQuery(f"status: must be one of {', '.join(STATUSES)}")
     limit_text = params.get("limit") or str(DEFAULT_LIMIT)
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses (a 500)
+    plain = limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= len(str(MAX_LIMIT))
+    if not plain or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise BadQuery(f"limit: must be a whole number from 1 to {MAX_LIMIT}")
     text = (params.get("q") or "").strip()
     user = (params.get("user") or "").strip()

@@ -1,7 +1,11 @@
 // The upload page's tus 1.0.0 client: POST (creation) -> HEAD (where the server is)
 // -> PATCH chunks with progress -> retry with backoff after a network failure.
 // The server may answer a PATCH with a smaller Upload-Offset than was sent (only whole
-// S3 parts are durable between requests): the next chunk starts there.
+// S3 parts are durable between requests): the next chunk starts there. Every choice of
+// a file is a new POST (a new upload), unless this browser started an upload of the
+// very same file (name, size, modification time) through this link and has not finished
+// it: its URL is kept in localStorage (as tus-js-client does), and HEAD resumes it. The
+// page says "complete" only with the SHA-256 the server answers for the stored file.
 (function () {
   "use strict";
   var form = document.getElementById("upload-form");
@@ -57,6 +61,9 @@
   function Refused(status, text) { this.status = status; this.message = text; }
 
   function check(response, expected) {
+    if (response.status === 408) {  // a stalled request was ended: retried like a cut one
+      throw new Error("the request timed out");
+    }
     if (expected.indexOf(response.status) < 0) {
       throw new Refused(response.status, (response.text || "").trim() ||
                         "the server answered " + response.status);
@@ -64,11 +71,24 @@
     return response;
   }
 
+  function confirmed(sha256) {
+    if (!sha256) { throw new Refused(0, "the server did not confirm that the file was stored"); }
+    return sha256;
+  }
+
+  // The upload URL of an unfinished upload of this file, kept across page loads.
+  function fingerprint(file) {
+    return ["tus-upload", filesUrl, file.name, file.size, file.lastModified || 0].join("::");
+  }
+  function recall(key) { try { return window.localStorage.getItem(key); } catch (e) { return null; } }
+  function remember(key, url) { try { window.localStorage.setItem(key, url); } catch (e) {} }
+  function forget(key) { try { window.localStorage.removeItem(key); } catch (e) {} }
+
   function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
 
   function upload(file) {
     var started = Date.now(), firstOffset = null, sent = 0;
-    var task = { cancelled: false };
+    var task = { cancelled: false, key: fingerprint(file) };
     current = task;
 
     function progress(offset, extra) {
@@ -90,15 +110,17 @@
       }).then(function (r) { return check(r, [201]).header("Location"); });
     }
 
-    function offsetOf(url) {
+    function positionOf(url) {
       return request("HEAD", url).then(function (r) {
-        return parseInt(check(r, [200]).header("Upload-Offset"), 10);
+        check(r, [200]);
+        return { offset: parseInt(r.header("Upload-Offset"), 10),
+                 sha256: r.header("Upload-Sha256") };
       });
     }
 
-    function sendFrom(url, offset) {
+    function sendFrom(url, offset, sha256) {
       progress(offset, 0);
-      if (offset >= file.size && file.size > 0) { return Promise.resolve(null); }
+      if (offset >= file.size && file.size > 0) { return Promise.resolve(confirmed(sha256)); }
       var end = Math.min(offset + chunkSize, file.size);
       return request("PATCH", url, {
         "Upload-Offset": String(offset),
@@ -107,13 +129,13 @@
         .then(function (r) {
           check(r, [204]);
           var next = parseInt(r.header("Upload-Offset"), 10);
-          if (next >= file.size) { return r.header("Upload-Sha256"); }
-          return sendFrom(url, next);
+          if (next >= file.size) { return confirmed(r.header("Upload-Sha256")); }
+          return sendFrom(url, next, null);
         });
     }
 
     function attempt(url, tries) {
-      return offsetOf(url).then(function (offset) { return sendFrom(url, offset); })
+      return positionOf(url).then(function (at) { return sendFrom(url, at.offset, at.sha256); })
         .catch(function (err) {
           if (task.cancelled || err instanceof Refused || tries >= RETRIES.length) { throw err; }
           show(statusLine, "connection lost; retrying in " + RETRIES[tries] / 1000 + " s");
@@ -121,9 +143,28 @@
         });
     }
 
-    return create().then(function (url) {
+    function begin() {
+      var saved = recall(task.key);
+      var fresh = function () {
+        return create().then(function (url) { remember(task.key, url); return url; });
+      };
+      if (!saved) { return fresh(); }
+      return request("HEAD", saved).then(function (r) {
+        if (r.status === 200) { return saved; }
+        forget(task.key);
+        return fresh();
+      });
+    }
+
+    return begin().then(function (url) {
       task.url = url;
       return attempt(url, 0);
+    }).then(function (sha256) {
+      forget(task.key);
+      return sha256;
+    }, function (err) {
+      if (err instanceof Refused || task.cancelled) { forget(task.key); }
+      throw err;
     });
   }
 
@@ -142,8 +183,8 @@
     upload(file).then(function (sha256) {
       bar.value = 100;
       statusLine.textContent = "100 % - " + human(file.size) + " of " + human(file.size);
-      show(doneLine, "Upload complete: " + file.name + " (" + human(file.size) + ")" +
-           (sha256 ? ", SHA-256 " + sha256 : ""));
+      show(doneLine, "Upload complete: " + file.name + " (" + human(file.size) + "), SHA-256 " +
+           confirmed(sha256));
     }).catch(function (err) {
       show(errorLine, "Upload refused: " + (err.message || String(err)));
     }).then(function () {
@@ -154,6 +195,7 @@
   cancelButton.addEventListener("click", function () {
     if (!current) { return; }
     current.cancelled = true;
+    forget(current.key);
     if (current.xhr) { current.xhr.abort(); }
     if (current.url) { request("DELETE", current.url).catch(function () {}); }
   });
