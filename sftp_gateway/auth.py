@@ -31,6 +31,7 @@ __all__ = [
     "Principal",
     "PublicKey",
     "fingerprint_of",
+    "key_file_lines",
     "parse_permissions",
     "parse_public_key",
 ]
@@ -58,6 +59,48 @@ def parse_permissions(text: str) -> frozenset[str]:
             f"unknown permission {', '.join(sorted(unknown))} (known: {', '.join(PERMISSIONS)})"
         )
     return frozenset(names)
+
+
+def key_file_lines(text: str, name: str = "FILE") -> list[str]:
+    """The key lines of a .pub or authorized_keys file's text: without a byte-order mark,
+    blank lines and comments (`#` after any indentation, as sshd reads them).
+
+    ValueError says what a file of another kind is (a private key, RFC 4716, PEM,
+    PuTTY) and how to get the OpenSSH public key line from it (`name`: the file).
+    """
+    lines = [line.strip() for line in text.removeprefix("\ufeff").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if lines:
+        other = _other_format(lines[0], name)
+        if other:
+            raise ValueError(other)
+    return lines
+
+
+def _other_format(line: str, name: str) -> str | None:
+    """What a key file whose first line is `line` is, when not OpenSSH's public key."""
+    if line.startswith("PuTTY-User-Key-File-"):
+        return (
+            f"{name} is a PuTTY private key (.ppk): give its public key in OpenSSH format"
+            f" (puttygen {name} -O public-openssh)"
+        )
+    if line.startswith(("---- BEGIN SSH2 PUBLIC KEY", "-----BEGIN SSH2 PUBLIC KEY")):
+        return (
+            f"{name} is an RFC 4716 public key (as PuTTYgen and ssh-keygen -e write it):"
+            f" convert it with ssh-keygen -i -f {name}"
+        )
+    if not line.startswith("-----BEGIN "):
+        return None
+    label = line.removeprefix("-----BEGIN ").split("-----")[0].strip()
+    if "PRIVATE KEY" in label:
+        return (
+            f"{name} is a private key: give its public key, the .pub file"
+            f" (ssh-keygen -y -f {name} prints it)"
+        )
+    if label in ("PUBLIC KEY", "RSA PUBLIC KEY"):
+        form = "PKCS8" if label == "PUBLIC KEY" else "PEM"
+        return f"{name} is a PEM public key: convert it with ssh-keygen -i -m {form} -f {name}"
+    return f"{name} is a PEM file ({label}), not an SSH public key"
 
 
 def parse_public_key(line: str) -> PublicKey:

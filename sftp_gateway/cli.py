@@ -8,30 +8,106 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from types import FrameType
+from typing import Any, NoReturn, TypeVar
 
-import click
-import sqlalchemy.engine
-import sqlalchemy.exc
 
-from sftp_gateway import logs, tables
-from sftp_gateway.auth import DEFAULT_PERMISSIONS, PERMISSIONS, parse_permissions, parse_public_key
-from sftp_gateway.catalog import build_catalog
-from sftp_gateway.catalog.repository import (
-    IN_PROGRESS,
-    STATUSES,
-    Catalog,
-    CatalogError,
-    UploadRecord,
-)
-from sftp_gateway.config import Settings, load_settings, resolve_config_path
-from sftp_gateway.errors import ConfigError, GatewayError
-from sftp_gateway.units import human_size
+def _say(line: str) -> None:
+    """One line on stderr, also from a signal handler (unbuffered: never re-entered)."""
+    os.write(2, f"sftp-gateway: {line}\n".encode())
+
+
+def _catch_sigterm(started: threading.Event, quiet: bool) -> Any:
+    """Until `started` is set, SIGTERM says `terminated during start-up` (unless `quiet`)
+    and then kills as it would anyway (143 in a shell). Only on the main thread, and
+    only where nothing else handles SIGTERM (a program embedding the CLI keeps its own).
+    Returns the handler to put back (None: none was replaced)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def on_sigterm(signum: int, _frame: FrameType | None) -> None:
+        if not started.is_set() and not quiet:
+            _say("terminated during start-up")
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _release_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_starting(quiet: bool) -> NoReturn:
+    """A Ctrl-C before the command is ready: one line (unless `quiet`), exit 130."""
+    if not quiet:
+        _say("interrupted during start-up")
+    raise SystemExit(128 + signal.SIGINT)
+
+
+@contextmanager
+def startup_signals(quiet: bool = False) -> Iterator[threading.Event]:
+    """Until the event it yields is set (`serve` listens and handles signals itself),
+    Ctrl-C (SIGINT) ends the command with `interrupted during start-up`, exit 130, and
+    SIGTERM with `terminated during start-up` before it dies of the signal: one line, no
+    traceback, no `Aborted!`, no silent death. `quiet`: no line (a worker of `serve
+    --workers`, whose supervisor speaks for it)."""
+    started = threading.Event()
+    previous = _catch_sigterm(started, quiet)
+    try:
+        yield started
+    except KeyboardInterrupt:
+        if started.is_set():
+            raise
+        _interrupted_starting(quiet)
+    finally:
+        _release_sigterm(previous)
+
+
+# Loading the modules below takes a while (a second on a slow disk): a Ctrl-C or SIGTERM
+# then is one line too.
+_IS_WORKER = "--worker-of" in sys.argv  # a worker of `serve --workers`: stops quietly
+_previous_sigterm = _catch_sigterm(threading.Event(), _IS_WORKER)
+try:
+    import click
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    from sftp_gateway import logs, tables
+    from sftp_gateway.auth import (
+        PERMISSIONS,
+        key_file_lines,
+        parse_permissions,
+        parse_public_key,
+    )
+    from sftp_gateway.catalog import build_catalog
+    from sftp_gateway.catalog.repository import (
+        IN_PROGRESS,
+        STATUSES,
+        Catalog,
+        CatalogError,
+        UploadRecord,
+    )
+    from sftp_gateway.config import Settings, load_settings, resolve_config_path
+    from sftp_gateway.errors import ConfigError, GatewayError
+    from sftp_gateway.units import human_size
+except KeyboardInterrupt:
+    _interrupted_starting(_IS_WORKER)
+finally:
+    _release_sigterm(_previous_sigterm)
 
 F = TypeVar("F", bound=Callable[..., Any])
 CATALOG_URL_META = "sftp_gateway.catalog_url"  # click context meta: for error lines
@@ -146,6 +222,17 @@ def _configure_logging(settings: Settings, default_format: logs.Format) -> None:
 @reports_errors
 def serve(config_path: Path | None, workers: int | None, worker_of: str | None) -> None:
     """Run the SFTP server (and the event dispatcher when a queue is configured)."""
+    # Until it listens (and handles signals itself): Ctrl-C is one line and exit 130.
+    with startup_signals(quiet=worker_of is not None) as started:
+        _serve(config_path, workers, worker_of, started)
+
+
+def _serve(
+    config_path: Path | None,
+    workers: int | None,
+    worker_of: str | None,
+    started: threading.Event,
+) -> None:
     from sftp_gateway import supervisor
 
     spec = supervisor.WorkerSpec.parse(worker_of) if worker_of is not None else None
@@ -154,17 +241,35 @@ def serve(config_path: Path | None, workers: int | None, worker_of: str | None) 
     settings = _settings(config_path, "json")
     catalog = _catalog(settings)
     if spec is not None:
-        supervisor.run_worker(settings, catalog, spec)
+        supervisor.run_worker(settings, catalog, spec)  # signals are its own once it runs
         return
-    count = supervisor.worker_count(settings, workers)
+    try:
+        count = supervisor.worker_count(settings, workers)
+    except ConfigError as exc:
+        if workers is None:
+            raise
+        raise _option_error(exc, "server.workers", "--workers") from None
     if count > 1:
         verbose = bool(click.get_current_context().find_root().params.get("verbose"))
         path = resolve_config_path(config_path).resolve()
-        sys.exit(supervisor.Supervisor(settings, catalog, count, path, verbose).run())
+        boss = supervisor.Supervisor(settings, catalog, count, path, verbose)
+        try:
+            code = boss.run()
+        finally:
+            if boss.workers:  # it got as far as listening (and starting workers)
+                started.set()
+        sys.exit(code)
     from sftp_gateway.app import Gateway
     from sftp_gateway.runtime import background_workers
 
-    Gateway(settings, catalog=catalog, background=background_workers(settings, catalog)).run()
+    gateway = Gateway(settings, catalog=catalog, background=background_workers(settings, catalog))
+    gateway.run(on_started=lambda _address: started.set())
+
+
+def _option_error(exc: ConfigError, field: str, option: str) -> click.BadParameter:
+    """A config error about `field` whose value came from `option`: said of the option."""
+    text = str(exc).removeprefix(f"{field}: ").replace(field, option)
+    return click.BadParameter(text, param_hint=option)
 
 
 @main.command("check-config")
@@ -187,12 +292,25 @@ def check_config(config_path: Path | None, live: bool, send_test_event: bool) ->
     if send_test_event and not live:
         raise click.UsageError("--send-test-event needs --live")
     settings = _settings(config_path)
-    settings.notifier.password()
+    _check_environment(settings)
     click.echo(f"config OK: listen {settings.server.listen}, bucket {settings.storage.bucket}")
     for line in describe(settings.server.crypto_policy):
         click.echo(line)
     if live:
         _live_check(settings, send_test_event)
+
+
+def _check_environment(settings: Settings) -> None:
+    """What `serve` and the notifier read from the environment at start, read now: the
+    secrets the config names by variable (ConfigError naming the field), and a proxy
+    `storage.put_client: crt` would not follow."""
+    settings.notifier.password()
+    if settings.admin.listen:  # serve reads admin.token_env only for its listener
+        settings.admin.token()
+    if settings.storage.put_client == "crt":
+        from sftp_gateway.storage.crt import refuse_what_crt_ignores
+
+        refuse_what_crt_ignores(os.environ)
 
 
 def _live_check(settings: Settings, send_test_event: bool) -> None:
@@ -253,7 +371,12 @@ def demo(port: int, data_dir: Path) -> None:
     """Run everything in one process on embedded S3, SQS and SQLite."""
     from sftp_gateway.demo import run_demo
 
-    run_demo(port=port, data_dir=data_dir)
+    try:
+        run_demo(port=port, data_dir=data_dir)
+    except ConfigError as exc:
+        if not str(exc).startswith("server.listen: "):
+            raise
+        raise _option_error(exc, "server.listen", "--port") from None
 
 
 @main.command()
@@ -288,16 +411,42 @@ def users() -> None:
     """Manage users and their SSH keys."""
 
 
+KEY_FILE_LIMIT = 64 * 1024  # a public key line is a few KiB at most (RSA 16384: 2.8)
+
+
 def _read_key(path: Path) -> Any:
+    """The one public key in a .pub or authorized_keys-style file (BadParameter on --key
+    saying what is wrong with the file: its kind, its encoding, its number of keys)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(KEY_FILE_LIMIT + 1)
     except OSError as exc:
         raise click.BadParameter(
             f"cannot read {path}: {exc.strerror}", param_hint="--key"
         ) from None
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if len(data) > KEY_FILE_LIMIT:
+        raise click.BadParameter(
+            f"{path} is larger than {KEY_FILE_LIMIT // 1024} KiB: not a public key file",
+            param_hint="--key",
+        )
+    try:
+        lines = key_file_lines(data.decode("utf-8"), str(path))
+    except UnicodeDecodeError:
+        raise click.BadParameter(
+            f"{path} is not a text file (not UTF-8): give the public key, one line such as"
+            " ssh-ed25519 AAAA... (the .pub file)",
+            param_hint="--key",
+        ) from None
+    except ValueError as exc:  # a private key, RFC 4716, PEM: says how to convert it
+        raise click.BadParameter(str(exc), param_hint="--key") from None
     if not lines:
         raise click.BadParameter(f"{path} holds no public key", param_hint="--key")
+    if len(lines) > 1:
+        raise click.BadParameter(
+            f"{path} holds {len(lines)} keys: give a file with one key"
+            " (users add-key adds each further key)",
+            param_hint="--key",
+        )
     try:
         return parse_public_key(lines[0])
     except ValueError as exc:
@@ -309,7 +458,74 @@ def _check_name(name: str) -> str:
         raise click.BadParameter(
             "use 1-64 letters, digits, '.', '_', '-' or '@'", param_hint="NAME"
         )
+    if name in (".", ".."):
+        raise click.BadParameter(f"{name!r} cannot be a user name", param_hint="NAME")
     return name
+
+
+def _unprintable(text: str) -> str | None:
+    """The first character of `text` that has no place in a name, address or path:
+    a control or format character, a line or paragraph separator (as \\x01, \\u2028)."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            return repr(char)[1:-1]
+    return None
+
+
+def _check_email(email: str) -> str:
+    """Exactly one plain address, `name@domain`: no display name, no list, no control
+    character (the notifier puts it in an email header)."""
+    from email.errors import HeaderParseError
+    from email.headerregistry import Address
+
+    def refuse(why: str) -> NoReturn:
+        raise click.BadParameter(f"{email!r} is not an email address: {why}", param_hint="--email")
+
+    if len(email) > 254:
+        refuse("longer than 254 characters")
+    bad = _unprintable(email)
+    if bad:
+        refuse(f"it contains the control character {bad}")
+    if "," in email or ";" in email:
+        refuse("give one address only")
+    if any(char.isspace() for char in email):
+        refuse("it contains a space")
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not domain:
+        refuse("it needs a name and a domain, as in name@example.com")
+    try:
+        address = Address(addr_spec=email)
+    except (ValueError, IndexError, HeaderParseError):
+        address = None
+    if address is None or address.addr_spec != email:
+        refuse("write it as name@example.com")
+    return email
+
+
+def _check_home(home: str | None, name: str) -> str:
+    """The user's home prefix under storage.prefix: `--home` without its outer slashes,
+    else NAME. Every segment a plain name: no empty, `.` or `..` segment, no control
+    character, no space at either end of a segment."""
+    if home is None:
+        return name
+
+    def refuse(why: str) -> NoReturn:
+        raise click.BadParameter(f"{home!r}: {why}", param_hint="--home")
+
+    bad = _unprintable(home)
+    if bad:
+        refuse(f"contains the control character {bad}")
+    prefix = home.strip("/")
+    if not prefix:
+        refuse("give a relative prefix such as partners/acme")
+    for segment in prefix.split("/"):
+        if not segment:
+            refuse("has an empty segment ('//')")
+        if segment in (".", ".."):
+            refuse("must be a relative prefix without '.' or '..' segments")
+        if segment != segment.strip():
+            refuse(f"the segment {segment!r} begins or ends with a space")
+    return prefix
 
 
 COMPRESSIONS = ("none", "gzip", "zstd")  # users.compression; NULL: storage.compression
@@ -350,17 +566,20 @@ def users_add(
         perms = parse_permissions(permissions)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--permissions") from None
-    if email is not None and "@" not in email:
-        raise click.BadParameter(f"{email!r} is not an email address", param_hint="--email")
-    home = (home or name).strip("/")
-    if not home or ".." in home.split("/"):
-        raise click.BadParameter("must be a relative prefix without '..'", param_hint="--home")
+    if not perms:  # never "none given, so all": a blank value is a mistake
+        raise click.BadParameter(
+            f"{permissions!r} names no permission: give one or more of {', '.join(PERMISSIONS)}",
+            param_hint="--permissions",
+        )
+    if email is not None:
+        _check_email(email)
+    home = _check_home(home, name)
     catalog = _catalog(_settings(config_path))
     catalog.add_user(
         name,
         key,
         home=home,
-        permissions=perms or DEFAULT_PERMISSIONS,
+        permissions=perms,
         email=email,
         compression=compression,
     )
@@ -757,27 +976,51 @@ def _link_store(settings: Settings):  # type: ignore[no-untyped-def]
     return LinkStore(_catalog(settings).engine)
 
 
-def _duration(value: str) -> timedelta:
-    """`7d`, `12h`, `30m`, `1w`: how long a link lives."""
-    now = datetime.now(UTC)
+LINK_LIFETIME_MAX = timedelta(days=3650)  # ten years: a longer one is a typo
+
+
+def _link_expiry(value: str) -> datetime:
+    """`7d`, `12h`, `30m`, `2w` from now, or a future ISO 8601 date or time (UTC unless
+    stated): when a link stops working."""
     try:
-        delta = now - tables.parse_since(value, now)
-    except ValueError:
-        delta = timedelta(0)
-    if delta <= timedelta(0) or value.strip()[:1] not in "0123456789":
-        raise click.BadParameter(f"{value!r} is not a duration: use 30m, 12h, 7d or 2w")
-    return delta
+        return tables.parse_until(value, LINK_LIFETIME_MAX)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires") from None
 
 
 def _link_size(value: str | None) -> int | None:
+    """--max-size: a whole number of bytes from 1 to S3's 5 TiB (None: no link limit)."""
+    from sftp_gateway.s3limits import MAX_OBJECT_SIZE
     from sftp_gateway.units import parse_size
 
     if value is None:
         return None
     try:
-        return parse_size(value)
-    except (ValueError, TypeError) as exc:
+        size = parse_size(value)  # refuses a fraction of a byte (0.5) itself
+    except (ValueError, TypeError, OverflowError) as exc:
         raise click.BadParameter(str(exc), param_hint="--max-size") from None
+    if size < 1:  # 0 would read as "no link limit" where the limit is checked
+        raise click.BadParameter(
+            f"{value!r} allows no file at all: give 1 byte or more"
+            " (without --max-size, uploads.max_file_size is the limit)",
+            param_hint="--max-size",
+        )
+    if size > MAX_OBJECT_SIZE:
+        raise click.BadParameter(
+            f"{value!r} is more than S3's largest object, {human_size(MAX_OBJECT_SIZE)}",
+            param_hint="--max-size",
+        )
+    return size
+
+
+def _link_note(value: str | None) -> str | None:
+    if value is not None:
+        bad = _unprintable(value)
+        if bad:
+            raise click.BadParameter(
+                f"contains the control character {bad} (one line of text)", param_hint="--note"
+            )
+    return value
 
 
 def _link_folder(value: str | None) -> str | None:
@@ -811,7 +1054,13 @@ def link_base_url(settings: Settings) -> str:
 
 @links.command("create")
 @click.argument("user")
-@click.option("--expires", default="7d", show_default=True, help="Lifetime: 30m, 12h, 7d, 2w.")
+@click.option(
+    "--expires",
+    default="7d",
+    show_default=True,
+    help="Lifetime (30m, 12h, 7d, 2w) or a future ISO 8601 date or time (UTC unless stated),"
+    " at most 10 years ahead.",
+)
 @click.option("--max-uploads", type=click.IntRange(1), default=None, help="Uploads allowed.")
 @click.option(
     "--max-size", default=None, help="Largest file, e.g. 2GiB (and uploads.max_file_size)."
@@ -830,12 +1079,15 @@ def links_create(
     config_path: Path | None,
 ) -> None:
     """Create an upload link for USER and print its URL (the token is shown only once)."""
-    lifetime = _duration(expires)
-    size, sub_folder = _link_size(max_size), _link_folder(folder)
+    until = _link_expiry(expires)
+    size, sub_folder, note = _link_size(max_size), _link_folder(folder), _link_note(note)
     settings = _settings(config_path)
     base = link_base_url(settings)
     if _catalog(settings).get_user(user) is None:
         fail(f"no such user: {user}", 1)
+    lifetime = until - datetime.now(UTC)
+    if lifetime <= timedelta(0):
+        raise click.BadParameter(f"{expires!r} has passed meanwhile", param_hint="--expires")
     link, token = _link_store(settings).create(
         user,
         expires_in=lifetime,

@@ -118,6 +118,7 @@ def parse_options(text: str | None) -> KeyOptions:
         return NO_OPTIONS
     patterns: tuple[str, ...] = ()
     expires_at: datetime | None = None
+    seen: set[str] = set()
     for name, value in tokenize(text):
         if name in NO_OP_FLAGS and value is None:
             continue
@@ -126,6 +127,12 @@ def parse_options(text: str | None) -> KeyOptions:
                 f"option {name} is not supported by the gateway"
                 f" (accepted: from=, expiry-time=, {', '.join(NO_OP_FLAGS)})"
             )
+        if name in seen:  # which one would hold? sshd itself refuses two from= options
+            raise KeyOptionError(
+                f"option {name} is given twice: give it once"
+                + (' (list every pattern in one from="...")' if name == "from" else "")
+            )
+        seen.add(name)
         if name == "from":
             patterns = parse_from(value)
         else:
@@ -170,7 +177,12 @@ def parse_expiry(value: str) -> datetime:
         naive = datetime.strptime(date + (hhmm or "0000") + (seconds or "00"), "%Y%m%d%H%M%S")
     except ValueError:
         raise KeyOptionError(f"option expiry-time: {value!r} is not a valid date") from None
-    return naive.replace(tzinfo=UTC) if zulu else naive.astimezone(UTC)
+    try:
+        return naive.replace(tzinfo=UTC) if zulu else naive.astimezone(UTC)
+    except (OverflowError, ValueError):  # local time past 9999 (or before year 1) in UTC
+        raise KeyOptionError(
+            f"option expiry-time: {value!r} is out of range in UTC (years 1 to 9999)"
+        ) from None
 
 
 def address_matches(client_ip: str | None, patterns: tuple[str, ...]) -> bool:

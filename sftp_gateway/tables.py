@@ -79,20 +79,80 @@ def upload_rate(size: int, started_at: datetime, now: datetime | None = None) ->
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """ISO 8601 (UTC unless stated), `2h`/`3d`/`30m`/`1w` ago, or local `today`/`yesterday`.
 
-    Raises ValueError with a sentence naming the accepted forms.
+    Raises ValueError with a sentence naming the accepted forms (or saying the time is
+    out of range: a span reaching back before the year 1).
     """
-    now = now or datetime.now(UTC)
+    now, shown = now or datetime.now(UTC), _shown(value)
     word = value.strip().lower()
     if word in ("today", "yesterday"):
         midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
         return midnight - timedelta(days=1 if word == "yesterday" else 0)
+    try:
+        span = _span(word)
+        moment = now - span if span is not None else _iso_moment(value)
+    except OverflowError:
+        raise ValueError(
+            f"{shown} reaches back before the year 1: use a shorter span or a date"
+        ) from None
+    if moment is None:
+        raise ValueError(
+            f"{shown} is not a time: use ISO 8601 (2026-11-01), 2h, 3d, today or yesterday"
+        )
+    return moment
+
+
+def parse_until(value: str, longest: timedelta, now: datetime | None = None) -> datetime:
+    """When something given for a while ends: a span from now (`30m`, `12h`, `7d`, `2w`)
+    or an ISO 8601 date or time (UTC unless stated), which must be in the future and at
+    most `longest` ahead.
+
+    Raises ValueError with a sentence naming the accepted forms or what is wrong.
+    """
+    now, shown = now or datetime.now(UTC), _shown(value)
+    try:
+        span = _span(value)
+        until = now + span if span is not None else _iso_moment(value)
+    except OverflowError:
+        until, span = datetime.max.replace(tzinfo=UTC), None
+    if until is None:
+        raise ValueError(
+            f"{shown} is not a duration or a date: use 30m, 12h, 7d, 2w or an ISO 8601"
+            " date or time in the future (2026-12-31, 2026-12-31T18:00Z)"
+        )
+    if span is not None and until <= now:
+        raise ValueError(f"{shown} is no time at all: use 30m, 12h, 7d or 2w")
+    if until <= now:
+        raise ValueError(
+            f"{shown} is in the past (it is now {now:%Y-%m-%d %H:%M} UTC):"
+            " give a future date or time, or a duration such as 7d"
+        )
+    if until - now > longest:
+        raise ValueError(f"{shown} is too far ahead: at most {longest.days}d from now")
+    return until
+
+
+def _span(word: str) -> timedelta | None:
+    """`30m`, `2h`, `3d`, `1w` (also `90 min`, `2 days`), or None if `word` is no span;
+    OverflowError for one longer than a timedelta holds (2.7 million years)."""
     match = _RELATIVE.match(word)
-    if match:
-        return now - timedelta(seconds=int(match.group(1)) * _SECONDS[match.group(2)[0]])
+    if match is None:
+        return None
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > 20:  # int() would refuse 4300 digits with a ValueError of its own
+        raise OverflowError("span too long")
+    return timedelta(seconds=int(digits) * _SECONDS[match.group(2)[0].lower()])
+
+
+def _iso_moment(value: str) -> datetime | None:
+    """An ISO 8601 date or time in UTC (UTC unless it states an offset), or None if the
+    value is not one; OverflowError if it cannot be told in UTC (near year 1 or 9999)."""
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(
-            f"{value!r} is not a time: use ISO 8601 (2026-11-01), 2h, 3d, today or yesterday"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _shown(value: str) -> str:
+    """The value as a message quotes it: repr, cut short when it is long."""
+    return repr(value if len(value) <= 40 else value[:37] + "...")

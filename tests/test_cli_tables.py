@@ -8,6 +8,8 @@ import os
 import pty
 import re
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -282,3 +284,98 @@ def test_sample_pdf_is_a_valid_pdf_of_the_size_asked(tmp_path: Path) -> None:
     for match in re.finditer(rb"/Length (\d+) >>\nstream\n", data):
         end = match.end() + int(match.group(1))
         assert data[end : end + 10] == b"\nendstream"
+
+
+@pytest.mark.parametrize("since", ["3000000d", "99999999999d"])
+def test_since_reaching_back_before_the_year_1_is_a_usage_error_naming_the_option(
+    config: Path, since: str
+) -> None:
+    result = CliRunner().invoke(
+        main, ["uploads", "list", "--since", since, "--config", str(config)]
+    )
+    assert result.exit_code == 2
+    assert (
+        f"Error: Invalid value for --since: {since!r} reaches back before the year 1:"
+        " use a shorter span or a date"
+    ) in result.output
+
+
+def test_check_config_fails_as_serve_would_when_the_admin_token_variable_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"storage: {{bucket: acme-inbound}}\ncatalog: {{url: 'sqlite:///{tmp_path / 'c.db'}'}}\n"
+        f"admin: {{listen: '127.0.0.1:{free_port()}', token_env: SFTPGW_TEST_ADMIN_TOKEN}}\n"
+    )
+    monkeypatch.delenv("SFTPGW_TEST_ADMIN_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "sftp-gateway: config error: admin.token_env: env var SFTPGW_TEST_ADMIN_TOKEN is not set"
+    )
+    monkeypatch.setenv("SFTPGW_TEST_ADMIN_TOKEN", "s3cret-token")
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 0 and result.output.startswith("config OK"), result.output
+
+
+def test_too_many_workers_for_the_budget_are_blamed_on_the_option_given(config: Path) -> None:
+    result = CliRunner().invoke(main, ["serve", "--workers", "200", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "Error: Invalid value for --workers: 200 workers leave each " in result.output
+    assert "; raise uploads.memory_budget or lower --workers" in result.output
+    assert "server.workers" not in result.output
+
+
+def test_demo_on_a_busy_port_is_blamed_on_the_port_option(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_piped("demo", "--port", str(port), "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert (
+        f"Error: Invalid value for --port: cannot listen on 127.0.0.1:{port}:"
+        " Address already in use"
+    ) in result.stderr
+    assert "server.listen" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "line"),
+    [
+        (signal.SIGINT, 130, "sftp-gateway: interrupted during start-up"),
+        (signal.SIGTERM, -signal.SIGTERM, "sftp-gateway: terminated during start-up"),
+    ],
+)
+def test_serve_stopped_during_start_up_says_so_in_one_line(
+    tmp_path: Path, signum: int, status: int, line: str
+) -> None:
+    """Before it listens, `serve` has no drain to do: Ctrl-C ends it with exit 130 and
+    SIGTERM kills it as usual (143 in a shell), each with one line, no traceback and no
+    click `Aborted!`. The signal is sent while it generates its RSA host key."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "storage: {bucket: acme-inbound, endpoint_url: 'http://127.0.0.1:1'}\n"
+        f"catalog: {{url: 'sqlite:///{tmp_path / 'c.db'}'}}\n"
+        f"server: {{listen: '127.0.0.1:{free_port()}', host_keys_dir: '{tmp_path / 'hk'}',"
+        " workers: 1}\n"
+    )
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for text in proc.stderr:  # JSON log lines
+        seen.append(text)
+        if "generating rsa host key" in text:
+            proc.send_signal(signum)
+            break
+    _, rest = proc.communicate(timeout=60)
+    err = "".join(seen) + rest
+    assert proc.returncode == status, err
+    assert [t for t in err.splitlines() if not t.startswith("{")] == [line]
+    assert "listening on" not in err

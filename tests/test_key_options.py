@@ -141,3 +141,66 @@ def test_quoted_commas_stay_inside_one_option() -> None:
     assert options.refusal("192.168.4.5") is None
     assert options.refusal("10.9.9.9") == "not allowed from this address"
     assert options.refusal("172.16.0.1") == "not allowed from this address"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'from="10.9.9.9",from="*"',
+            'option from is given twice: give it once (list every pattern in one from="...")',
+        ),
+        ('from="10.0.0.0/8",no-pty,from="10.9.9.9"', "option from is given twice"),
+        ('expiry-time="20200101",expiry-time="20991231"', "option expiry-time is given twice"),
+    ],
+)
+def test_a_repeated_from_or_expiry_time_is_refused_rather_than_the_last_one_winning(
+    text: str, message: str
+) -> None:
+    """sshd refuses a key with two from= options; taking the last would let
+    `from="10.9.9.9",from="*"` in from anywhere. A stored key so written is refused at
+    login too (its options no longer parse)."""
+    with pytest.raises(KeyOptionError) as raised:
+        parse_options(text)
+    assert str(raised.value).startswith(message)
+    assert parse_options("no-pty,restrict,no-pty").text  # a repeated flag stays harmless
+
+
+@pytest.fixture
+def local_zone(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Callable[[str], None]:
+    """Set the server's local time zone (TZ) for the test; the old one comes back after."""
+    import time
+
+    def use(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
+    def restore() -> None:
+        monkeypatch.undo()
+        time.tzset()
+
+    request.addfinalizer(restore)
+    return use
+
+
+@pytest.mark.parametrize(
+    ("zone", "stamp"),
+    [
+        ("America/New_York", "99991231235959"),  # 10000-01-01T04:59:59Z
+        ("America/New_York", "99991231200000"),  # 10000-01-01T01:00:00Z
+        ("Asia/Tokyo", "00010101"),  # 0000-12-31T15:00:00Z
+    ],
+)
+def test_an_expiry_time_that_utc_cannot_hold_is_an_option_error_not_an_overflow(
+    local_zone: Callable[[str], None], zone: str, stamp: str
+) -> None:
+    """expiry-time without Z is the server's local time (as sshd reads it): at the end of
+    9999 west of UTC, or the start of year 1 east of it, it is outside datetime's range."""
+    local_zone(zone)
+    with pytest.raises(KeyOptionError) as raised:
+        parse_options(f'expiry-time="{stamp}"')
+    assert str(raised.value) == (
+        f"option expiry-time: {stamp!r} is out of range in UTC (years 1 to 9999)"
+    )

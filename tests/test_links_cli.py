@@ -7,8 +7,10 @@ import json
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import add_user_cli, base_config, make_user_key
@@ -90,3 +92,85 @@ def test_links_cli_errors_name_the_problem(tmp_path: Path) -> None:
     missing = run(config, "links", "revoke", "no-such-id")
     assert missing.returncode == 1 and "no upload link with id no-such-id" in missing.stderr
     assert "Traceback" not in bad.stderr + escape.stderr + nobody.stderr + missing.stderr
+
+
+def no_links(config: Path) -> bool:
+    return json.loads(run(config, "links", "list", "--json").stdout) == []
+
+
+def test_expires_takes_a_future_date_or_time_and_refuses_a_past_one_naming_the_option(
+    tmp_path: Path,
+) -> None:
+    config = config_with_alice(tmp_path)
+    past = run(config, "links", "create", "alice", "--expires", "2020-01-01")
+    assert past.returncode == 2 and past.stdout == ""
+    assert "Error: Invalid value for --expires: '2020-01-01' is in the past (it is now " in (
+        past.stderr
+    )
+    assert "give a future date or time, or a duration such as 7d" in past.stderr
+    assert no_links(config)
+
+    soon = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    for value in (soon.strftime("%Y-%m-%dT%H:%M:%SZ"), soon.isoformat()):
+        created = run(config, "links", "create", "alice", "--expires", value)
+        assert created.returncode == 0, created.stderr
+        assert created.stderr.strip().endswith(f"expires {soon.isoformat()}")
+    in_a_week = datetime.now(UTC) + timedelta(days=7)
+    day = in_a_week.date().isoformat()  # a date alone: 00:00 UTC that day
+    created = run(config, "links", "create", "alice", "--expires", day)
+    assert created.returncode == 0, created.stderr
+    assert created.stderr.strip().endswith(f"expires {day}T00:00:00+00:00")
+    assert len(json.loads(run(config, "links", "list", "--json").stdout)) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9999999d", "'9999999d' is too far ahead: at most 3650d from now"),
+        ("99999999999d", "'99999999999d' is too far ahead: at most 3650d from now"),
+        ("9999-12-31", "'9999-12-31' is too far ahead: at most 3650d from now"),
+        ("0d", "'0d' is no time at all: use 30m, 12h, 7d or 2w"),
+        ("today", "'today' is not a duration or a date: use 30m, 12h, 7d, 2w or an ISO 8601"),
+    ],
+)
+def test_expires_that_is_no_lifetime_is_a_usage_error_naming_the_option(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    config = config_with_alice(tmp_path)
+    result = run(config, "links", "create", "alice", "--expires", value)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"Error: Invalid value for --expires: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert no_links(config)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "'0' allows no file at all: give 1 byte or more"),
+        ("0KiB", "'0KiB' allows no file at all: give 1 byte or more"),
+        ("6TiB", "'6TiB' is more than S3's largest object, 5 TiB"),
+    ],
+)
+def test_max_size_that_allows_no_file_or_more_than_s3_holds_is_refused(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    """0 would be stored and then read as "no link limit" by the upload page."""
+    config = config_with_alice(tmp_path)
+    result = run(config, "links", "create", "alice", "--max-size", value)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"Error: Invalid value for --max-size: {message}" in result.stderr
+    half = run(config, "links", "create", "alice", "--max-size", "0.5")
+    assert half.returncode == 2 and "Invalid value for --max-size: '0.5'" in half.stderr
+    assert no_links(config)
+
+
+def test_a_note_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    """`links list` prints one tab-separated line per link: a newline would split it."""
+    config = config_with_alice(tmp_path)
+    result = run(config, "links", "create", "alice", "--note", "Q3\nreports")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert (
+        "Error: Invalid value for --note: contains the control character \\n (one line of text)"
+    ) in result.stderr
+    assert no_links(config)
