@@ -124,7 +124,20 @@ def configure(
     threading.excepthook = log_thread_crash
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    transport_log = logging.getLogger("paramiko.transport")
+    if not any(isinstance(f, PeerWentAway) for f in transport_log.filters):
+        transport_log.addFilter(PeerWentAway())
     return True
+
+
+class PeerWentAway(logging.Filter):
+    """paramiko logs a client's reset or closed socket as an ERROR 'Socket exception'.
+    A client that goes away (Ctrl-C, a dropped line) is not a server error: INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("Socket exception"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def log_thread_crash(args: threading.ExceptHookArgs) -> None:

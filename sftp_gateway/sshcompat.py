@@ -10,6 +10,10 @@ where that test passed.
 Touch points (private or undocumented paramiko API):
 
 - `Transport(packetizer_class=...)` (public since 3.4) builds our `BoundedPacketizer`.
+- `Transport._channel_handler_table` (message type -> `Channel` method) is extended so
+  channel data beyond the granted window is refused; it reads `Channel.in_window_size`,
+  `in_window_sofar`, `in_buffer`, `in_stderr_buffer` and calls `Channel._feed` /
+  `_feed_extended` with the data once checked.
 - `Transport._check_banner()` is overridden to turn a refused identification into one
   WARNING line and a quiet close instead of paramiko's ERROR traceback.
 - `Packetizer.readline(timeout)` is replaced; it relies on `Packetizer._read_timeout`
@@ -52,6 +56,7 @@ from functools import cache, partial
 from typing import Any, cast
 
 import paramiko
+import paramiko.common
 import paramiko.packet
 import paramiko.util
 from paramiko.message import Message
@@ -213,9 +218,50 @@ class BoundedPacketizer(Packetizer):  # type: ignore[misc]
         return min(timeout, left)
 
 
+def _held_by(channel: paramiko.Channel) -> int:
+    """Bytes the peer sent on `channel` that the window still counts: received and not
+    yet read, plus read but not yet given back by a WINDOW_ADJUST."""
+    unread = len(channel.in_buffer) + len(channel.in_stderr_buffer)
+    return unread + int(channel.in_window_sofar)
+
+
+def _within_window(channel: paramiko.Channel, size: int) -> None:
+    """SSH flow control is the peer's to respect: paramiko buffers whatever arrives,
+    so a peer that ignores the window could fill memory. Refuse it, as OpenSSH does."""
+    if _held_by(channel) + size > channel.in_window_size:
+        packetizer = cast(BoundedPacketizer, channel.transport.packetizer)
+        raise packetizer.refuse(
+            f"channel {channel.chanid}: data beyond the window the server granted "
+            f"({channel.in_window_size} bytes)"
+        )
+
+
+def _feed_within_window(channel: paramiko.Channel, message: Message) -> None:
+    data = message.get_binary()
+    _within_window(channel, len(data))
+    channel._feed(data)
+
+
+def _feed_extended_within_window(channel: paramiko.Channel, message: Message) -> None:
+    code, data = message.get_int(), message.get_binary()
+    _within_window(channel, len(data))
+    rebuilt = Message()
+    rebuilt.add_int(code)
+    rebuilt.add_string(data)
+    rebuilt.rewind()
+    channel._feed_extended(rebuilt)
+
+
 class HardenedTransport(paramiko.Transport):  # type: ignore[misc]
-    """A server Transport whose packetizer is bounded and whose identification exchange
-    ends with one WARNING line when a peer misbehaves (paramiko logs a traceback)."""
+    """A server Transport whose packetizer is bounded, whose channels hold no more than
+    the window they granted, and whose identification exchange ends with one WARNING
+    line when a peer misbehaves (paramiko logs a traceback)."""
+
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,
+        paramiko.common.MSG_CHANNEL_DATA: _feed_within_window,
+        paramiko.common.MSG_CHANNEL_EXTENDED_DATA: _feed_extended_within_window,
+    }
 
     def __init__(self, sock: socket.socket, *, limits: TransportLimits, **kwargs: Any) -> None:
         super().__init__(sock, packetizer_class=partial(BoundedPacketizer, limits=limits), **kwargs)

@@ -39,6 +39,9 @@ SIGNATURES: list[tuple[Any, str, list[str]]] = [
     (Packetizer, "complete_handshake", ["self"]),
     (paramiko.Transport, "_check_banner", ["self"]),
     (paramiko.Transport, "is_authenticated", ["self"]),
+    # sshcompat: channel data checked against the window, then fed as paramiko does
+    (paramiko.Channel, "_feed", ["self", "m"]),
+    (paramiko.Channel, "_feed_extended", ["self", "m"]),
     # sshcompat.install_fast_hmac
     (paramiko.packet, "compute_hmac", ["key", "message", "digest_class"]),
     (paramiko.util, "constant_time_bytes_eq", ["a", "b"]),
@@ -72,6 +75,14 @@ def test_paramiko_still_has_the_function_the_gateway_overrides_or_calls(
     assert parameters == expected, f"{where} now takes {parameters}, the gateway passes {expected}"
 
 
+def test_channel_data_handlers_are_where_the_hardened_transport_replaces_them() -> None:
+    table = paramiko.Transport._channel_handler_table
+    assert table[paramiko.common.MSG_CHANNEL_DATA] is paramiko.Channel._feed
+    assert table[paramiko.common.MSG_CHANNEL_EXTENDED_DATA] is paramiko.Channel._feed_extended
+    hardened = sshcompat.HardenedTransport._channel_handler_table
+    assert set(hardened) == set(table)
+
+
 def test_transport_still_takes_the_arguments_server_transport_passes() -> None:
     parameters = inspect.signature(paramiko.Transport.__init__).parameters
     for name in (
@@ -103,6 +114,10 @@ def test_default_algorithm_lists_are_where_crypto_policy_reads_them(category: st
         (BufferedPipe.__init__, ["self._lock", "self._buffer = array.array("]),
         # sshcompat.channel_activity, open_channel_count, server_object
         (paramiko.Channel.__init__, ["self.in_window_sofar", "self.out_window_size"]),
+        (paramiko.Channel._set_window, ["self.in_window_size = window_size"]),
+        (paramiko.Channel.__init__, ["self.in_stderr_buffer = BufferedPipe()"]),
+        (paramiko.Channel._feed, ["isinstance(m, bytes)", "self.in_buffer.feed("]),
+        (paramiko.Transport.run, ["self._channel_handler_table[ptype](chan, m)"]),
         (paramiko.Transport.__init__, ["self._channels = ChannelMap()"]),
         (paramiko.Transport.start_server, ["self.server_object = server"]),
         # sshcompat.was_authenticated

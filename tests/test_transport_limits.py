@@ -158,3 +158,78 @@ def test_an_oversized_packet_after_auth_is_closed(served: ServeProcess) -> None:
     line = wait_for_log(served, f"refused {ATTACKER}: SSH packet of")
     assert "before authentication" not in line
     assert served.user_can_upload()
+
+
+def _realpath_requests(size: int) -> bytes:
+    """SFTP REALPATH requests, about `size` bytes of them."""
+    path = b"/" + b"a" * 60
+    body = struct.pack(">BI", 16, 1) + struct.pack(">I", len(path)) + path
+    one = struct.pack(">I", len(body)) + body
+    return one * (size // len(one))
+
+
+def _channel_data(channel: paramiko.Channel, payload: bytes) -> paramiko.Message:
+    message = paramiko.Message()
+    message.add_byte(paramiko.common.cMSG_CHANNEL_DATA)
+    message.add_int(channel.remote_chanid)
+    message.add_string(payload)
+    return message
+
+
+@pytest.mark.parametrize("subsystem", [None, "sftp"], ids=["plain-session", "sftp"])
+def test_channel_data_beyond_the_granted_window_closes_the_connection(
+    served: ServeProcess, subsystem: str | None
+) -> None:
+    """A peer that ignores SSH flow control (paramiko would buffer every byte: 300 MiB
+    sent grew the server by 300 MiB) is refused once it overruns the window."""
+    with watched(served), connect_from_attacker(served.port) as sock:
+        transport = paramiko.Transport(sock)
+        try:
+            transport.connect()
+            key = paramiko.Ed25519Key.from_private_key_file(str(served.key_path))
+            transport.auth_publickey(served.user, key)
+            channel = transport.open_session()
+            if subsystem:
+                channel.invoke_subsystem(subsystem)
+            granted = channel.out_window_size
+            chunk = _realpath_requests(128 * 1024) if subsystem else b"\0" * (128 * 1024)
+            if subsystem:  # SFTP: INIT, then requests whose replies this client never reads
+                transport._send_user_message(_channel_data(channel, struct.pack(">IBI", 5, 1, 3)))
+            sent = 0
+            while transport.is_active() and sent < granted + 64 * MIB:
+                try:  # no wait for the window: what a hostile peer does
+                    transport._send_user_message(_channel_data(channel, chunk))
+                except (EOFError, OSError):
+                    break  # the server closed the connection
+                sent += len(chunk)
+            assert sent < granted + 64 * MIB  # the server closed it long before
+        finally:
+            transport.close()
+    line = wait_for_log(served, f"refused {ATTACKER}: channel 0: data beyond the window")
+    assert "granted" in line
+    assert served.user_can_upload()
+
+
+def test_a_download_cut_by_the_client_ends_quietly_and_serves_nothing_more(
+    served: ServeProcess,
+) -> None:
+    """Ctrl-C during `get`: the READs still queued are not served to a closed channel,
+    each with an ERROR traceback (about 1,200 of them per cut download before)."""
+    served.s3().put_object(
+        Bucket=served.bucket, Key="incoming/alice/big.pdf", Body=b"x" * (40 * MIB)
+    )
+    transport = paramiko.Transport(("127.0.0.1", served.port))
+    try:
+        key = paramiko.Ed25519Key.from_private_key_file(str(served.key_path))
+        transport.connect(username=served.user, pkey=key)
+        remote = paramiko.SFTPClient.from_transport(transport).open("/big.pdf", "rb")
+        remote.prefetch()  # READs for the whole file, pipelined
+        remote.read(MIB)
+        transport.sock.close()  # the client process dies
+    finally:
+        transport.close()
+    wait_for_log(served, "session.end")
+    time.sleep(1)
+    log = served.log_text()
+    assert '"level":"ERROR"' not in log and "Traceback" not in log
+    assert served.user_can_upload()

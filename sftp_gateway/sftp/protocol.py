@@ -145,7 +145,11 @@ class GatewaySFTPServer(paramiko.SFTPServer):  # type: ignore[misc]
         return activity if isinstance(activity, ConnectionActivity) else None
 
     def _read_packet(self) -> tuple[int, bytes]:
-        """paramiko's, with the length checked before the body is read or allocated."""
+        """paramiko's, with the length checked before the body is read or allocated.
+        Once the channel is closed (the client went away), the requests still buffered
+        are not served: nobody would read their replies (EOFError ends the session)."""
+        if self.sock.closed:
+            raise EOFError("the channel is closed")
         return sshcompat.read_sftp_packet(self, MAX_PACKET, self._oversize)
 
     def _oversize(self, size: int) -> OversizePacket:
@@ -195,11 +199,21 @@ class GatewaySFTPServer(paramiko.SFTPServer):  # type: ignore[misc]
         except UnicodeDecodeError:  # paramiko decodes every name strictly as UTF-8
             self._refuse(request_number, t, SFTP_FAILURE, "file names must be valid UTF-8")
         except Exception as exc:
+            if self._client_gone(exc):  # mid-request (Ctrl-C): nobody to answer
+                log.info("SFTP session of %s ended during a request", self._who())
+                raise EOFError("the channel is closed") from None
             code, text = status_for(exc, self._connection_context())
             self._send_status(request_number, code, text)
         finally:
             if activity is not None:
                 activity.end_work(self)
+
+    def _client_gone(self, exc: Exception) -> bool:
+        """The request failed because the client went away: its channel is closed, or
+        sending the reply met a dead connection (paramiko raises EOFError there)."""
+        transport = self.sock.get_transport()
+        alive = transport is not None and transport.is_active()
+        return bool(self.sock.closed) or not alive or isinstance(exc, EOFError)
 
     def _refuse(self, request_number: int, t: int, code: int, text: str) -> None:
         """One WARNING line naming user and address, and the status the client sees."""
