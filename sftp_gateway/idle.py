@@ -12,7 +12,9 @@ It is polled, not hooked, so no code runs per packet: each tick compares every
 channel's flow-control counters with the last tick's. Time the server is the one
 holding things up is never the client's idle time: a channel with unread input (the
 server is behind, e.g. a write waits for a slow S3) or an SFTP request being handled
-keeps the connection busy. A client that stops reading a download is idle.
+keeps the connection busy. A client that stops reading a download is idle, and so is
+one that queues requests and never reads their replies (the server, out of send window,
+stops reading its input: that unread input is the client's doing).
 
 The paramiko internals this reads (flow-control counters, the transport's server
 object) are read through sshcompat.py, where each is named and tested.
@@ -79,7 +81,10 @@ class ConnectionActivity:
             self._channels = [channel for channel in self._channels if not channel.closed]
             for channel in self._channels:
                 flow = sshcompat.channel_activity(channel)
-                if flow.unread or self._counters.get(channel.chanid) != flow.counters:
+                # Unread input is the server's delay, unless the server stopped reading
+                # because the client does not read its replies (no send window left).
+                server_behind = flow.unread and flow.send_window > 0
+                if server_behind or self._counters.get(channel.chanid) != flow.counters:
                     moved = True
                 self._counters[channel.chanid] = flow.counters
         return moved

@@ -23,6 +23,7 @@ from paramiko.sftp import (
     CMD_OPEN,
     CMD_OPENDIR,
     CMD_READ,
+    CMD_REALPATH,
     CMD_STAT,
     CMD_WRITE,
     SFTP_FLAG_CREATE,
@@ -232,6 +233,21 @@ def test_idle_connection_is_closed_after_idle_timeout_but_an_active_upload_is_no
         assert not idle.is_active()
         assert active.stat("/slow.pdf").st_size > 5
     assert upload_exists(served, "slow.pdf")
+    assert "session of alice from 127.0.0.1 closed: idle for 2s" in served.log_text()
+    assert served.user_can_upload()
+
+
+def test_a_client_that_queues_requests_and_never_reads_replies_is_idle(serve_factory):
+    """The server stops reading once its replies fill the client's window; its unread
+    input is then the client's doing, not the server's: idle_timeout applies."""
+    served = serve_factory({"server": {"idle_timeout": 2}})
+    with login(served) as transport:
+        channel = raw_sftp_channel(transport)
+        path = b"/" + b"a" * 60
+        body = struct.pack(">BI", CMD_REALPATH, 1) + struct.pack(">I", len(path)) + path
+        requests = (struct.pack(">I", len(body)) + body) * 40_000  # replies: past its window
+        channel.sendall(requests)  # within the window; the replies are never read
+        wait_until(lambda: not transport.is_active(), timeout=15)
     assert "session of alice from 127.0.0.1 closed: idle for 2s" in served.log_text()
     assert served.user_can_upload()
 
