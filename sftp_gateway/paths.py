@@ -100,16 +100,13 @@ class Jail:
         virtual = normalize(path)
         if virtual == "/":
             raise InvalidRequest("the home directory is not a file")
-        key = self._join(virtual)
-        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
-            raise InvalidRequest("path is too long for S3 (1024 bytes)")
-        return key
+        return _within_s3_limit(self._join(virtual))
 
     def dir_prefix(self, path: str | bytes) -> str:
         """The key prefix (ending in '/', or '' for the bucket root) of a directory."""
         virtual = normalize(path)
         base = self._join(virtual) if virtual != "/" else self.root
-        return base + "/" if base else ""
+        return _within_s3_limit(base + "/") if base else ""
 
     def virtual(self, key: str) -> str:
         """The virtual path of a key inside this jail."""
@@ -121,3 +118,11 @@ class Jail:
     def _join(self, virtual: str) -> str:
         relative = virtual.lstrip("/")
         return f"{self.root}/{relative}" if self.root else relative
+
+
+def _within_s3_limit(key: str) -> str:
+    """S3 keys are at most 1024 bytes of UTF-8: a longer path is the client's error,
+    said before any request (S3 would answer a list with an HTTP 414)."""
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidRequest("path is too long for S3 (1024 bytes)")
+    return key

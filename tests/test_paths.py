@@ -44,3 +44,13 @@ def test_root_is_not_a_file() -> None:
 def test_normalize_keeps_the_root() -> None:
     assert normalize("..") == "/"
     assert normalize(".") == "/"
+
+
+def test_a_path_too_long_for_s3_is_refused_as_a_directory_too() -> None:
+    """OPENDIR of such a path answered 'storage error (414)' after asking S3."""
+    jail = Jail.for_home("incoming", "alice")
+    deep = "/" + "a/" * 600
+    for resolve in (jail.key, jail.dir_prefix):
+        with pytest.raises(InvalidRequest, match="too long for S3"):
+            resolve(deep)
+    assert jail.dir_prefix("/" + "a/" * 400) == "incoming/alice/" + "a/" * 400
