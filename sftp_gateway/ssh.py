@@ -65,6 +65,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         self.client_ip = client_ip
         self.principal: Principal | None = None
         self._candidate: tuple[str, bytes] | None = None  # (user, key) that principal is for
+        self._signature_due: paramiko.PKey | None = None  # accepted; paramiko verifies next
         self._failures = 0
         self._fs: UserFilesystem | None = None
         self.activity = ConnectionActivity()  # channel traffic, for the idle timeout
@@ -91,14 +92,23 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         return self._fs
 
     def get_allowed_auths(self, username: str) -> str:
+        """paramiko asks this when it answers a failure. Right after this server accepted
+        the key, the failure is paramiko's own: the client's signature did not verify.
+        Counted, scored and logged like a refused key, so fail2ban and bans see it."""
+        key, self._signature_due = self._signature_due, None
+        if key is not None:
+            self.principal = self._candidate = None
+            self._auth_failed(username, key, detail="invalid signature")
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         offered = (username, key.asbytes())
+        self._signature_due = None
         if self.principal is not None and offered == self._candidate:
             # The signed request for the key the client just probed (OpenSSH asks first
             # without a signature): the lookup of a moment ago stands. A key removed
             # since is caught by the revocation watcher, which ends the session.
+            self._signature_due = key
             return paramiko.AUTH_SUCCESSFUL  # type: ignore[no-any-return]
         try:
             principal = self._authenticator.authenticate(username, key, self.client_ip)
@@ -111,6 +121,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         # paramiko asks before the signature is checked (and for unsigned key queries):
         # this is only a candidate; the login is counted in on_authenticated().
         self.principal, self._candidate = principal, offered
+        self._signature_due = key  # paramiko verifies the signature next (if any)
         return paramiko.AUTH_SUCCESSFUL  # type: ignore[no-any-return]
 
     def on_authenticated(self) -> None:
@@ -124,7 +135,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         if self._sessions is not None:
             self._sessions.register(self._transport, principal, self.client_ip)
 
-    def _auth_failed(self, username: str, key: paramiko.PKey) -> int:
+    def _auth_failed(self, username: str, key: paramiko.PKey, detail: str | None = None) -> int:
         """Count a refused key as sshd does (an offered key counts even unsigned);
         at server.max_auth_tries the connection is closed."""
         self._failures += 1
@@ -134,7 +145,7 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
             "auth failed for %s from %s: %s, key %s (attempt %d of %d)",
             username,
             self.client_ip,
-            what,
+            f"{what} ({detail})" if detail else what,
             fingerprint_of(key),
             self._failures,
             self._max_auth_tries,
@@ -182,10 +193,16 @@ class GatewayServer(paramiko.ServerInterface):  # type: ignore[misc]
         )
 
     def check_auth_none(self, username: str) -> int:
+        self._signature_due = None
         return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
 
     def check_auth_password(self, username: str, password: str) -> int:
+        self._signature_due = None
         metrics.auth_result("password", "not_allowed")
+        return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
+
+    def check_auth_interactive(self, username: str, submethods: str) -> int:
+        self._signature_due = None
         return paramiko.AUTH_FAILED  # type: ignore[no-any-return]
 
     def check_channel_request(self, kind: str, chanid: int) -> int:

@@ -12,6 +12,8 @@ import json
 import socket
 import time
 
+import paramiko
+
 from tests.helpers import make_user_key, wait_until
 from tests.serving import ServeProcess
 
@@ -112,4 +114,48 @@ def test_a_broken_handshake_scores_a_protocol_error(serve_factory) -> None:
     entry = banned_addresses(served)[ATTACKER]
     assert entry["score"] == 6 and entry["reason"] == "protocol_error"
     assert f"SSH handshake with {ATTACKER} failed" in served.log_text()
+    assert served.user_can_upload()  # 127.0.0.1 is not concerned
+
+
+def forged_signatures(served: ServeProcess, count: int, source: str = ATTACKER) -> bool:
+    """Log in as alice with her public key and a signature of zeros, `count` times on
+    one connection (no private key needed); True if the server closed it."""
+    public = paramiko.Ed25519Key.from_private_key_file(str(served.key_path))
+    sock = socket.create_connection(("127.0.0.1", served.port), source_address=(source, 0))
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=10)
+        for _ in range(count):
+            if not transport.is_active():
+                return True
+            request = paramiko.Message()
+            request.add_byte(paramiko.common.cMSG_USERAUTH_REQUEST)
+            for text in ("alice", "ssh-connection", "publickey"):
+                request.add_string(text)
+            request.add_boolean(True)
+            request.add_string("ssh-ed25519")
+            request.add_string(public.asbytes())
+            signature = paramiko.Message()
+            signature.add_string("ssh-ed25519")
+            signature.add_string(bytes(64))
+            request.add_string(signature.asbytes())
+            with contextlib.suppress(EOFError, OSError):
+                transport._send_message(request)
+            time.sleep(0.05)
+        return not transport.is_active()
+    finally:
+        transport.close()
+
+
+def test_a_signature_that_does_not_verify_counts_as_a_failed_login(serve_factory) -> None:
+    """paramiko refuses a bad signature itself, after the gateway accepted the key:
+    those attempts were never counted, scored nor logged, so they could go on."""
+    served = serve_factory(ban_config(threshold=8))
+    assert forged_signatures(served, 20), "the connection outlived max_auth_tries"
+    log = served.log_text()
+    assert f"auth failed for alice from {ATTACKER}: failed key (invalid signature)" in log
+    assert "(attempt 6 of 6)" in log
+    assert f"refused {ATTACKER}: too many authentication failures (6)" in log
+    forged_signatures(served, 20)
+    wait_until(lambda: ATTACKER in banned_addresses(served), timeout=10)
     assert served.user_can_upload()  # 127.0.0.1 is not concerned
