@@ -458,8 +458,7 @@ class CatalogConfig(_Section):
 
 
 def region_from_queue_url(queue_url: str | None) -> str | None:
-    """`https://sqs.eu-west-1.amazonaws.com/...` names its region; other URLs do not
-    (as events.publisher reads it)."""
+    """`https://sqs.eu-west-1.amazonaws.com/...` names its region; other URLs do not."""
     if not queue_url:
         return None
     host = queue_url.split("://", 1)[-1].split("/", 1)[0]
@@ -515,6 +514,12 @@ class EventsConfig(_Section):
                 " (AWS_DEFAULT_REGION, ~/.aws/config)"
             )
         return None
+
+    @property
+    def sqs_region(self) -> str | None:
+        """The region SQS requests are signed for: `region`, else the queue URL's, else
+        None (boto3's default region)."""
+        return self.region or region_from_queue_url(self.queue_url)
 
     @property
     def is_fifo(self) -> bool:

@@ -37,20 +37,9 @@ def sqs_client(config: EventsConfig, *, read_timeout: float = 10) -> Any:
     return boto3.client(
         "sqs",
         endpoint_url=config.endpoint_url,
-        region_name=config.region or _region_from_url(config.queue_url),
+        region_name=config.sqs_region,
         config=boto_config,
     )
-
-
-def _region_from_url(queue_url: str | None) -> str | None:
-    """`https://sqs.eu-west-1.amazonaws.com/...` names its region; other URLs do not."""
-    if not queue_url:
-        return None
-    host = queue_url.split("://", 1)[-1].split("/", 1)[0]
-    parts = host.split(".")
-    if len(parts) > 2 and parts[0] == "sqs":
-        return parts[1]
-    return None
 
 
 # SQS error codes that no retry will change. The queue's: every event sent to it fails
