@@ -600,7 +600,9 @@ class UploadsConfig(_Section):
     # The most of it one user's uploads may hold; None: a quarter of memory_budget.
     memory_per_user: Size | None = None
     memory_wait_timeout: Seconds = Field(default=60.0, ge=0)
-    # Disk for out-of-order writes spilled to temporary files, across all uploads.
+    # Disk for out-of-order writes spilled to temporary files, across all uploads; one
+    # user's uploads may hold at most a quarter of it. (reorder_spill bounds one file:
+    # bytes waiting on disk at once, given back as the gap before them fills.)
     spill_budget: Size = 2048 * MIB
     # Threads sending parts to S3 for all uploads of the process (one shared pool).
     sender_threads: int = Field(default=32, ge=1, le=1024)

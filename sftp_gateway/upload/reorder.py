@@ -34,7 +34,8 @@ class ReorderBuffer:
         self._spilled: dict[int, tuple[int, int]] = {}  # offset -> (file position, length)
         self._memory_bytes = 0
         self._spill: BinaryIO | None = None
-        self._spill_end = 0
+        self._spill_end = 0  # where the next spilled chunk goes in the file
+        self._spilled_bytes = 0  # bytes waiting on disk now (what the limits count)
         self.highest_end = 0
 
     @property
@@ -62,7 +63,7 @@ class ReorderBuffer:
         return True
 
     def _spill_to_disk(self, offset: int, data: bytes) -> None:
-        if self._spill_end + len(data) > self.spill_limit:
+        if self._spilled_bytes + len(data) > self.spill_limit:
             raise InvalidRequest(
                 "writes arrive too far out of order for this server "
                 f"(more than {self.spill_limit} bytes ahead of the file's end)"
@@ -80,6 +81,7 @@ class ReorderBuffer:
             raise ServerBusy(text) from None
         self._spilled[offset] = (self._spill_end, len(data))
         self._spill_end += len(data)
+        self._spilled_bytes += len(data)
 
     def take_from(self, position: int) -> Iterator[bytes]:
         """Yield the waiting chunks that continue the stream at `position`, in order."""
@@ -89,14 +91,25 @@ class ReorderBuffer:
                 self._memory_bytes -= len(data)
                 self._memory_lease.release(len(data))
             elif position in self._spilled:
-                where, length = self._spilled.pop(position)
-                assert self._spill is not None
-                self._spill.seek(where)
-                data = self._spill.read(length)
+                data = self._read_spilled(position)
             else:
                 return
             position += len(data)
             yield data
+
+    def _read_spilled(self, position: int) -> bytes:
+        """A spilled chunk, its disk given back to the budget; once nothing waits on
+        disk, the file starts over (truncated), so only what waits takes space."""
+        where, length = self._spilled.pop(position)
+        assert self._spill is not None
+        self._spill.seek(where)
+        data = self._spill.read(length)
+        self._spilled_bytes -= length
+        self._disk_lease.release(length)
+        if not self._spilled:
+            self._spill.truncate(0)
+            self._spill_end = 0
+        return data
 
     def close(self) -> None:
         """Drop what waits and give its memory and disk back to the budgets."""
@@ -106,6 +119,6 @@ class ReorderBuffer:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
-        self._spill_end = 0
+        self._spill_end = self._spilled_bytes = 0
         self._memory_lease.close()
         self._disk_lease.close()

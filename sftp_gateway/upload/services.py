@@ -54,7 +54,11 @@ class UploadServices:
                 wait_timeout=uploads.memory_wait_timeout,
                 what="upload memory",
             ),
-            spill=ByteBudget(uploads.spill_budget, what="disk for out-of-order writes"),
+            spill=ByteBudget(
+                uploads.spill_budget,
+                per_user=uploads.spill_budget // 4,
+                what="disk for out-of-order writes",
+            ),
             sender=PartSender(uploads.sender_threads),
         )
 
