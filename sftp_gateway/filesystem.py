@@ -437,7 +437,13 @@ class Download:
         if self._body is None or offset != self._position:
             self._open_at(offset)
         assert self._body is not None
-        data = self._body.read(min(length, self.size - offset))
+        try:
+            data = self._body.read(min(length, self.size - offset))
+        except StorageError:  # S3 cut or stalled the stream: one new GET from here
+            self.close()
+            self._open_at(offset)
+            assert self._body is not None
+            data = self._body.read(min(length, self.size - offset))
         self._position += len(data)
         return data
 

@@ -1109,7 +1109,11 @@ class FileWriter:
             raise
         upload = self._new_upload()
         if first_offset is None and target.exists:
-            self._copy_existing_into(upload)
+            try:
+                self._copy_existing_into(upload)
+            except BaseException as exc:  # nothing may stay charged nor open in S3
+                upload.discard(f"the file to append to could not be read back: {exc}")
+                raise
         self._writes_over_existing = target.exists and not self.truncate and first_offset == 0
         return upload
 

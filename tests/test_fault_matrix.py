@@ -10,6 +10,8 @@ once. docs/reliability.md lists each case and what the client sees.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import tempfile
 import threading
 import time
@@ -443,3 +445,53 @@ def test_disk_full_under_the_reorder_spill_fails_the_write_with_a_status(
     ok = make_pdf(tmp_path / "after.pdf", 300_000)
     assert put(running, ok, "after.pdf").returncode == 0  # the gateway still serves
     assert_consistent(running)
+
+
+def test_an_append_whose_read_back_s3_cuts_fails_with_a_status_and_keeps_nothing(
+    gateway_factory: Callable[..., RunningGateway], s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """APPEND copies the stored object into the new one first. When S3 cut that read,
+    the client got 'internal server error' and the new upload kept its memory charge
+    (for good: later uploads were refused), its multipart upload and an in_progress row."""
+    running = behind(gateway_factory, s3_proxy, {"storage": {"max_attempts": 1}})
+    source = make_pdf(tmp_path / "a.pdf", 20 * MIB)
+    assert put(running, source, "a.pdf").returncode == 0
+    ssh, sftp = sftp_client(running)
+    try:
+        s3_proxy.reset_after(7 * MIB, "down")  # the read-back GET is cut after 7 MiB
+        handle = sftp.open("a.pdf", "a")
+        with pytest.raises(OSError, match="storage unavailable during read"):
+            handle.write(b"more bytes")
+            handle.flush()
+        s3_proxy.pass_through()
+        with contextlib.suppress(OSError):  # the CLOSE repeats the failure
+            close_reporting(sftp, handle)
+    finally:
+        ssh.close()
+    wait_until(lambda: running.gateway.active.all() == [], timeout=10)
+    assert running.gateway.uploads.memory.in_use == 0
+    assert running.open_multipart_uploads() == []
+    rows = running.catalog.uploads_for_key(running.bucket, running.key_for("a.pdf"))
+    assert sorted(row.status for row in rows) == ["aborted", "completed"]
+    assert_stored(running, source, "a.pdf")  # the file is as it was
+
+
+def test_a_download_s3_cuts_midway_goes_on_from_a_new_request(
+    gateway_factory: Callable[..., RunningGateway], s3_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A GET cut after 1 MiB: the download reads on from a new ranged GET; it was
+    'internal server error' with an ERROR traceback."""
+    config = {"storage": {"read_timeout": 1.0, "max_attempts": 1}}
+    running = behind(gateway_factory, s3_proxy, config)
+    source = make_pdf(tmp_path / "a.pdf", 12 * MIB)
+    assert put(running, source, "a.pdf").returncode == 0
+    ssh, sftp = sftp_client(running)
+    try:
+        handle = sftp.open("a.pdf", "rb")
+        received = handle.read(MIB)
+        s3_proxy.reset_all()
+        while chunk := handle.read(256 * 1024):
+            received += chunk
+    finally:
+        ssh.close()
+    assert hashlib.sha256(received).hexdigest() == sha256_file(source)

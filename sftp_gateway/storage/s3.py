@@ -104,6 +104,27 @@ def translated(action: str) -> Iterator[None]:
         raise StorageError(f"storage unavailable during {action}") from exc
 
 
+class TranslatedBody:
+    """A GET's streaming body whose read errors are mapped like the request's."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        with translated("read"):
+            data: bytes = self._body.read(size if size >= 0 else None)
+            return data
+
+    def close(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> TranslatedBody:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class S3Storage:
     """The Storage protocol on one bucket of S3 or an S3-compatible server."""
 
@@ -518,9 +539,10 @@ class S3Storage:
             )
 
     def open_read(self, key: str, offset: int) -> BinaryIO:
-        """A stream of the object from `offset` (a ranged GET)."""
+        """A stream of the object from `offset` (a ranged GET); a failure while its
+        body is read (S3 reset or stalled mid-stream) is a StorageError too."""
         resp = self._call("read", self.client.get_object, Key=key, Range=f"bytes={offset}-")
-        return resp["Body"]  # type: ignore[no-any-return]
+        return cast(BinaryIO, TranslatedBody(resp["Body"]))
 
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Key=key)
