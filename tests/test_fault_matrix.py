@@ -495,3 +495,43 @@ def test_a_download_s3_cuts_midway_goes_on_from_a_new_request(
     finally:
         ssh.close()
     assert hashlib.sha256(received).hexdigest() == sha256_file(source)
+
+
+class LoseCompleteAnswer(FaultProxy):
+    """S3 completes the multipart upload, its answer is lost (reset), and the retry is
+    answered 404 NoSuchUpload, as MinIO and Ceph RGW answer for a completed upload."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost = 0
+
+    def _forward(self, link: Any, sink: Any, direction: str, data: bytes, mode: Any) -> bool:
+        request_line = data.split(b"\r\n", 1)[0]
+        if direction == "up" and data.startswith(b"POST ") and b"uploadId=" in request_line:
+            link.doomed = True
+        if direction == "down" and getattr(link, "doomed", False) and not self.lost:
+            self.lost += 1
+            self.http_error(
+                404,
+                "NoSuchUpload",
+                match=lambda r: r.method == "POST" and "uploadId=" in r.target,
+                times=1,
+            )
+            link.close(reset=True)
+            return False
+        result: bool = super()._forward(link, sink, direction, data, mode)
+        return result
+
+
+def test_a_completion_whose_answer_is_lost_and_whose_retry_is_no_such_upload_is_published(
+    gateway_factory: Callable[..., RunningGateway], moto_endpoint: str, tmp_path: Path
+) -> None:
+    """The object is in S3: it was recorded `failed` and the client told 'no such file',
+    an object without its row. S3 is asked, and the upload is completed."""
+    with LoseCompleteAnswer(address_of(moto_endpoint)) as proxy:
+        running = behind(gateway_factory, proxy)
+        source = make_pdf(tmp_path / "a.pdf", 12 * MIB)
+        result = put(running, source, "a.pdf")
+        assert proxy.lost == 1
+        assert result.returncode == 0, result.stderr
+        assert_stored(running, source, "a.pdf")

@@ -419,14 +419,21 @@ class S3Storage:
             if full_object_crc64nvme
             else {}
         )
-        self._call(
-            "upload completion",
-            self.client.complete_multipart_upload,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [completed_part(p) for p in ordered]},
-            **whole,
-        )
+        try:
+            self._call(
+                "upload completion",
+                self.client.complete_multipart_upload,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [completed_part(p) for p in ordered]},
+                **whole,
+            )
+        except NotFound as exc:
+            # NoSuchUpload: completed already (a retry after a lost answer: MinIO and
+            # Ceph answer so) or aborted. Not "no such file": only the object can tell.
+            raise StorageError(
+                "storage no longer knows the multipart upload (completed or aborted)"
+            ) from exc
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         with suppress(NotFound):  # already gone: aborting is idempotent
