@@ -19,7 +19,10 @@ from contextlib import contextmanager
 from types import FrameType
 
 log = logging.getLogger(__name__)
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: a closed terminal or a `kill -HUP` must drain like SIGTERM, not kill the
+# process outright (it left workers, host jobs and the metrics directory behind); an
+# ignored SIGHUP (`nohup`) stays ignored.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 POLL_SECONDS = 0.2  # how soon the main thread notices a signal another thread took
 
 
@@ -56,7 +59,11 @@ def capture_signals(
         stop.set()
         on_stop()
 
-    previous = {sig: signal.signal(sig, handle) for sig in SHUTDOWN_SIGNALS}
+    previous = {
+        sig: signal.signal(sig, handle)
+        for sig in SHUTDOWN_SIGNALS
+        if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)
+    }
     try:
         yield stop
     finally:

@@ -114,8 +114,9 @@ def slow_upload(served: ServeProcess, local: Path, remote: str) -> subprocess.Po
     return process
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_drains_both_workers_and_exits_zero(
-    serve_factory: Callable[..., ServeProcess],
+    serve_factory: Callable[..., ServeProcess], stop: signal.Signals
 ) -> None:
     served = serve_two_workers(serve_factory)
     local = make_pdf(served.tmp / "big.pdf", 16 * 2**20)
@@ -127,7 +128,7 @@ def test_sigterm_drains_both_workers_and_exits_zero(
 
     wait_until(in_progress, timeout=60)
     began = time.monotonic()
-    served.process.send_signal(signal.SIGTERM)
+    served.process.send_signal(stop)
     code = served.process.wait(timeout=10 + supervisor.DRAIN_MARGIN + 5)
     took = time.monotonic() - began
     client.wait(timeout=30)
