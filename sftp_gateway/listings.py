@@ -25,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from sftp_gateway.errors import StorageError
 from sftp_gateway.storage.base import ObjectInfo, Probe, Storage
 
 R = TypeVar("R")  # what the catalog says of a resumable upload
+UNSEEN = Probe(None, False)  # what a probe that storage could not answer leaves known
 
 BURST = 3  # misses in one directory within ttl before it is listed once
 MAX_ENTRIES = 1000  # one ListObjectsV2 page; a larger directory is always asked per name
@@ -80,13 +82,19 @@ class RecentListings(Generic[R]):
         """File, directory or nothing, as S3 says now or said less than `ttl` ago."""
         if not self._enabled:
             return self._storage.probe(key)
-        found = self._probe(key)
+        try:
+            found = self._probe(key)
+        except StorageError:  # S3 could not say: an OPEN next goes ahead without asking
+            self._last = (key, UNSEEN, self._clock())
+            raise
         self._last = (key, found, self._clock())
         return found
 
     def last_probe(self, key: str) -> Probe | None:
         """What the STAT just before said of `key` (OpenSSH STATs a name, then opens
-        it), if that was this session's last probe, less than `ttl` ago; else None."""
+        it), if that was this session's last probe, less than `ttl` ago; else None.
+        A STAT that storage could not answer gives UNSEEN (nothing known there): the
+        OPEN does not wait on S3 a second time, its upload meets the outage itself."""
         if self._last is None or self._last[0] != key:
             return None
         _, found, at = self._last
