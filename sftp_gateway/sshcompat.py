@@ -219,10 +219,15 @@ class BoundedPacketizer(Packetizer):  # type: ignore[misc]
 
 
 def _held_by(channel: paramiko.Channel) -> int:
-    """Bytes the peer sent on `channel` that the window still counts: received and not
-    yet read, plus read but not yet given back by a WINDOW_ADJUST."""
-    unread = len(channel.in_buffer) + len(channel.in_stderr_buffer)
-    return unread + int(channel.in_window_sofar)
+    """Bytes the peer sent on `channel` that the window still counts: read but not yet
+    given back by a WINDOW_ADJUST, plus received and not yet read.
+
+    The order matters: a reader takes bytes out of the buffer first and counts them in
+    `in_window_sofar` after, so reading the counter first can only miss bytes in that
+    gap (a bound too generous for an instant), never count them twice (which could
+    refuse a client that filled its window legitimately)."""
+    read_not_adjusted = int(channel.in_window_sofar)
+    return read_not_adjusted + len(channel.in_buffer) + len(channel.in_stderr_buffer)
 
 
 def _within_window(channel: paramiko.Channel, size: int) -> None:
