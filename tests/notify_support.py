@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from aiosmtpd.controller import Controller
 
 from sftp_gateway.catalog import build_catalog
@@ -31,6 +33,27 @@ from tests.helpers import free_port
 
 REGION = "us-east-1"
 NO_QUEUE = "http://127.0.0.1:1/000000000000/q"  # for tests that never reach SQS
+
+
+def smtp_settings(
+    tmp_path: Path, endpoint: str, queue: str, port: int, **notifier: Any
+) -> Settings:
+    """events_settings whose notifier mails through the local SMTP server on `port`."""
+    return events_settings(
+        tmp_path,
+        endpoint,
+        queue,
+        notifier={"smtp_host": "127.0.0.1", "smtp_port": port, **notifier},
+    )
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The gateway's WARNING-or-worse lines a test captured, as text."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("sftp_gateway")
+    ]
 
 
 def sqs(endpoint: str) -> Any:

@@ -45,9 +45,11 @@ from tests.notify_support import (
     queue_depth,
     self_signed_cert,
     smtp_server,
+    smtp_settings,
     sqs,
     text_of,
     wait_until,
+    warnings_of,
 )
 
 # -- rendering -------------------------------------------------------------------------
@@ -125,17 +127,6 @@ def test_recipients_skip_a_value_that_is_not_one_address_with_a_warning_and_keep
 
 
 # -- worker against moto SQS and aiosmtpd ----------------------------------------------
-
-
-def smtp_settings(
-    tmp_path: Path, endpoint: str, queue: str, port: int, **notifier: Any
-) -> Settings:
-    return events_settings(
-        tmp_path,
-        endpoint,
-        queue,
-        notifier={"smtp_host": "127.0.0.1", "smtp_port": port, **notifier},
-    )
 
 
 def send_raw(endpoint: str, queue: str, body: str) -> None:
@@ -275,14 +266,6 @@ def test_smtp_refusal_keeps_the_message_and_it_is_retried(
     assert len(handler.messages) == 1
     assert catalog.email_already_sent(json.loads(body)["event_id"])
     assert queue_depth(moto_endpoint, queue) == (0, 0)
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.WARNING and r.name.startswith("sftp_gateway")
-    ]
 
 
 def test_a_recipient_smtp_refuses_is_logged_and_the_others_get_the_email_once(

@@ -26,8 +26,10 @@ from tests.notify_support import (
     new_catalog,
     queue_depth,
     smtp_server,
+    smtp_settings,
     sqs,
     text_of,
+    warnings_of,
 )
 
 
@@ -107,12 +109,7 @@ def test_uploader_email_with_a_line_break_is_skipped_and_ops_get_the_email_once(
     hostile = "alice@example.com\r\nBcc: x@evil.example"
     caplog.set_level(logging.INFO, logger="sftp_gateway")
     with smtp_server(handler) as port:
-        settings = events_settings(
-            tmp_path,
-            moto_endpoint,
-            queue,
-            notifier={"smtp_host": "127.0.0.1", "smtp_port": port, "visibility_timeout": 1},
-        )
+        settings = smtp_settings(tmp_path, moto_endpoint, queue, port, visibility_timeout=1)
         catalog = new_catalog(settings)
         body = event_body(email=hostile)
         send(moto_endpoint, queue, body)
@@ -121,12 +118,7 @@ def test_uploader_email_with_a_line_break_is_skipped_and_ops_get_the_email_once(
     assert received.rcpt_tos == ["ops@example.com"]
     assert received.message["To"] == "ops@example.com" and received.message["Bcc"] is None
     assert queue_depth(moto_endpoint, queue) == (0, 0)
-    warnings = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.WARNING and r.name.startswith("sftp_gateway")
-    ]
-    assert warnings == [
+    assert warnings_of(caplog) == [
         f"event {json.loads(body)['event_id']}: not emailing the uploader's email {hostile!a}:"
         " not one valid email address"
     ]
@@ -141,16 +133,8 @@ def test_recipients_refused_for_now_are_retried_and_refused_for_good_dropped_aft
     )
     caplog.set_level(logging.INFO, logger="sftp_gateway")
     with smtp_server(handler) as port:
-        settings = events_settings(
-            tmp_path,
-            moto_endpoint,
-            queue,
-            notifier={
-                "smtp_host": "127.0.0.1",
-                "smtp_port": port,
-                "max_receives": 3,
-                "visibility_timeout": 1,
-            },
+        settings = smtp_settings(
+            tmp_path, moto_endpoint, queue, port, max_receives=3, visibility_timeout=1
         )
         catalog = new_catalog(settings)
         body = event_body()
