@@ -28,7 +28,7 @@ from sftp_gateway.errors import (
 from sftp_gateway.listings import RecentListings
 from sftp_gateway.paths import Jail, normalize
 from sftp_gateway.records import UploadRecord
-from sftp_gateway.storage.base import Storage
+from sftp_gateway.storage.base import ObjectInfo, Storage
 from sftp_gateway.transfer import (
     ActiveUploads,
     ClientInfo,
@@ -187,10 +187,16 @@ class UserFilesystem:
             if self.storage.has_prefix(key + "/"):
                 raise InvalidRequest(f"{normalize(path)} is a directory")
             raise NotFound(f"no such file: {normalize(path)}")
+        size, compression = self._content_of(key, info)
+        return Download(self.storage, key, size, compression)
+
+    def _content_of(self, key: str, info: ObjectInfo) -> tuple[int, str | None]:
+        """A stored object's size as clients see it, and its compression (None: the
+        object is the file's own bytes)."""
         compression = info.metadata.get("compression")
         if compression not in DECOMPRESSORS:
-            return Download(self.storage, key, info.size)
-        return Download(self.storage, key, self._original_size(key, info.size), compression)
+            return info.size, None
+        return self._original_size(key, info.size), compression
 
     def _original_size(self, key: str, stored: int) -> int:
         """A compressed object's own size: the catalog's, else its `size` tag."""
@@ -280,12 +286,7 @@ class UserFilesystem:
         appends to, or writes over) and how it is stored: APPEND to a compressed object
         continues its original bytes, not its compressed ones."""
         info = self.storage.head(key)
-        if info is None:
-            return 0, None
-        compression = info.metadata.get("compression")
-        if compression not in DECOMPRESSORS:
-            return info.size, None
-        return self._original_size(key, info.size), compression
+        return (0, None) if info is None else self._content_of(key, info)
 
     def final_name(self, virtual: str) -> str:
         """The name a temporary upload name stands for (`a.pdf.filepart` -> `a.pdf`)."""
