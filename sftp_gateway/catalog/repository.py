@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import insert as insert_into
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +57,11 @@ INTERRUPTED = UploadStatus.INTERRUPTED
 COMPLETING = UploadStatus.COMPLETING
 STATUSES = tuple(status.value for status in UploadStatus)
 EMAIL_LOCK_NAMESPACE = 0x5F7E  # advisory-lock class for email_guard
+
+
+def _no_live_lease() -> ColumnElement[bool]:
+    """No session holds the row now: no lease, or one that expired (its holder died)."""
+    return or_(UploadRow.lease_expires_at.is_(None), UploadRow.lease_expires_at < utcnow())
 
 
 class CatalogError(Exception):
@@ -356,8 +372,7 @@ class Catalog:
         """Claim a resumable upload for one session, atomically on any database: it must be
         interrupted (no live lease), or a resume whose lease expired (its instance died).
         The row becomes in_progress under this lease; False when someone else holds it."""
-        now = utcnow()
-        free = or_(UploadRow.lease_expires_at.is_(None), UploadRow.lease_expires_at < now)
+        free = _no_live_lease()
         claimable = or_(
             UploadRow.status == INTERRUPTED,
             and_(UploadRow.status == IN_PROGRESS, UploadRow.lease_owner.isnot(None)),
@@ -382,8 +397,7 @@ class Catalog:
         """gc's hold on a row it is about to abort: only if it still has `status` and
         no live lease (no session is resuming it now); no session can take it after.
         False: leave it, someone is working on it or already finished it."""
-        now = utcnow()
-        free = or_(UploadRow.lease_expires_at.is_(None), UploadRow.lease_expires_at < now)
+        free = _no_live_lease()
         with self._tx() as session:
             result = session.execute(
                 update(UploadRow)
