@@ -14,7 +14,9 @@ server's handler thread ends, `check_invariants` raises `Finding` when:
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import socket
 import struct
 import sys
@@ -202,6 +204,27 @@ def read_frames(channel: paramiko.Channel) -> Iterator[tuple[int, bytes]]:
         buffer += chunk
 
 
+_EXIT_HOOKS: list[object] = []  # ctypes callbacks must outlive their registration
+
+
+def end_without_c_cleanup_on_exit() -> None:
+    """libFuzzer ends a finished run with C's exit(): its static destructors and
+    OpenSSL's cleanup then run while the gateway's threads still execute instrumented
+    code or encrypt, which now and then crashes a clean run ("deadly signal"). Hooked
+    last, this runs first among C's exit handlers and ends the process there, stdio
+    flushed. Crashes and findings leave through _Exit, which skips the hook."""
+
+    def end_here(_argument: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    hook = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(end_here)
+    _EXIT_HOOKS.append(hook)
+    # glibc exports atexit only as __cxa_atexit(function, argument, dso_handle).
+    ctypes.CDLL(None).__cxa_atexit(hook, None, None)
+
+
 def fuzz_main(run: Callable[[FuzzGateway, bytes], object]) -> None:
     """atheris over one target's `run`, with one gateway for the whole run, built on the
     first input (each input then opens its own channel on it)."""
@@ -215,4 +238,5 @@ def fuzz_main(run: Callable[[FuzzGateway, bytes], object]) -> None:
         run(gateways[0], data)
 
     atheris.Setup(sys.argv, test_one_input)
+    end_without_c_cleanup_on_exit()
     atheris.Fuzz()
