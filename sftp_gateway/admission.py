@@ -5,6 +5,8 @@ PerSourceMaxStartups (unauthenticated connections, counted apart from the
 authenticated ones under `server.max_connections`), MaxAuthTries; and SFTPGo's
 defender: points per address for failed logins and protocol errors, and a ban shared
 through the catalog once `server.ban.threshold` points fall within `server.ban.window`.
+Limits, scores and bans count a source: an IPv4 address, or an IPv6 client's
+`server.ipv6_source_prefix` network (addresses.source_of).
 
 Every decision here is made without SQL and without blocking the accept loop: bans are
 read from an in-process cache refreshed every BAN_CACHE_SECONDS, scores are written by
@@ -30,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sftp_gateway import logs, metrics
+from sftp_gateway.addresses import source_of
 from sftp_gateway.catalog.bans import BanStore
 from sftp_gateway.config import BanConfig, ServerConfig
 
@@ -75,6 +78,7 @@ class Ticket:
 
     admission: Admission
     address: str
+    source: str  # what limits and scores count: the address, or its IPv6 network
     sock: socket.socket
     deadline: float
     transport: paramiko.Transport | None = None
@@ -166,6 +170,7 @@ class Admission:
         self.ban_config = config.ban
         self.user_exists = user_exists
         self._bans = bans if config.ban.enabled else None
+        self._ipv6_prefix = config.ipv6_source_prefix
         self._draw = draw
         self._lock = threading.Lock()
         self._counts = _Counts()
@@ -200,9 +205,14 @@ class Admission:
 
     # -- decisions -------------------------------------------------------------------
 
+    def source(self, address: str) -> str:
+        """The source `address` is counted and banned as."""
+        return source_of(address, self._ipv6_prefix)
+
     def admit(self, address: str, sock: socket.socket) -> Ticket | None:
         """A Ticket for a connection allowed to start its handshake, or None (logged)."""
-        until = self.banned_until(address)
+        source = self.source(address)
+        until = self.banned_until(source)
         if until is not None:
             log.warning(
                 "refused %s: banned until %s",
@@ -212,14 +222,15 @@ class Admission:
             )
             metrics.refused("banned")
             return None
-        refusal = self._reserve(address)
+        refusal = self._reserve(address, source)
         if isinstance(refusal, str):
             reason = refusal.split(" ", 1)[0]  # the limit's name starts the text
             extra = logs.fields("refused", addr=address, reason=reason)
             log.warning("refused %s: %s", address, refusal, extra=extra)
             metrics.refused(refusal.split(" ", 1)[0])  # the limit's name starts the text
             return None
-        ticket = Ticket(self, address, sock, time.monotonic() + self.config.auth_timeout)
+        deadline = time.monotonic() + self.config.auth_timeout
+        ticket = Ticket(self, address, source, sock, deadline)
         with self._lock:
             self._tickets.add(ticket)
             heapq.heappush(self._deadlines, (ticket.deadline, next(self._sequence), ticket))
@@ -227,29 +238,30 @@ class Admission:
         metrics.connection_accepted()
         return ticket
 
-    def _reserve(self, address: str) -> str | None:
+    def _reserve(self, address: str, source: str) -> str | None:
         """Count a new unauthenticated connection, or say why it is refused."""
         config = self.config
         with self._lock:
             counts = self._counts
             if counts.authenticated >= config.max_connections:
                 return f"max_connections ({config.max_connections}) reached"
-            if counts.unauthenticated.get(address, 0) >= config.per_source_max_startups:
+            if counts.unauthenticated.get(source, 0) >= config.per_source_max_startups:
                 refusal = f"per_source_max_startups ({config.per_source_max_startups}) reached"
             elif should_drop(counts.unauthenticated_total, config.startups, self._draw()):
                 total = counts.unauthenticated_total
                 return f"max_startups ({config.max_startups}) at {total} unauthenticated"
             else:
-                counts.add(address)
+                counts.add(source)
                 return None
         self.report(address, REFUSED)
         return refusal
 
     def banned_until(self, address: str) -> datetime | None:
-        """When the address's ban ends, if it is banned now (from the cache)."""
+        """When the ban on the address's source ends, if it is banned now (from the
+        cache); `address` may be the source already."""
         if self._bans is None:
             return None
-        until = self._banned.get(address)
+        until = self._banned.get(self.source(address))
         if until is None or until <= datetime.now(UTC):
             return None
         return until
@@ -263,7 +275,7 @@ class Admission:
         if points <= 0:
             return
         try:
-            self._scores.put_nowait((address, points, reason))
+            self._scores.put_nowait((self.source(address), points, reason))
         except queue.Full:
             log.debug("score queue full: %s %s not recorded", address, reason)
 
@@ -334,7 +346,7 @@ class Admission:
                 return
             over = self._counts.authenticated >= self.config.max_connections
             ticket.authenticated = True
-            self._counts.remove(ticket.address)
+            self._counts.remove(ticket.source)
             self._counts.authenticated += 1
         if over:
             log.warning(
@@ -363,7 +375,7 @@ class Admission:
             if ticket.authenticated:
                 self._counts.authenticated -= 1
             else:
-                self._counts.remove(ticket.address)
+                self._counts.remove(ticket.source)
         if score and not ticket.authenticated:
             self._score_end(ticket)
         if ticket.on_end is not None:  # the session-end log line
@@ -375,7 +387,7 @@ class Admission:
         points = ticket.points or self.ban_config.score_no_auth
         if points > 0:
             try:
-                self._scores.put_nowait((ticket.address, points, ticket.reason))
+                self._scores.put_nowait((ticket.source, points, ticket.reason))
             except queue.Full:
                 log.debug("score queue full: %s not recorded", ticket.address)
 
@@ -400,13 +412,13 @@ class Admission:
                 self._purge()
                 next_purge = now + PURGE_SECONDS
 
-    def _record_score(self, address: str, points: int, reason: str) -> None:
-        if self._bans is None or self.banned_until(address) is not None:
+    def _record_score(self, source: str, points: int, reason: str) -> None:
+        if self._bans is None or self.banned_until(source) is not None:
             return
         config = self.ban_config
         try:
             ban = self._bans.add_score(
-                address,
+                source,
                 points,
                 reason,
                 window=config.window,
@@ -414,19 +426,19 @@ class Admission:
                 duration=config.duration,
             )
         except Exception as exc:  # the catalog being down must not stop admissions
-            log.warning("could not record score for %s: %s", address, exc)
+            log.warning("could not record score for %s: %s", source, exc)
             return
         if ban is not None:
-            self._banned[address] = ban.banned_until
+            self._banned[source] = ban.banned_until
             metrics.ban_created()
             log.warning(
                 "banned %s until %s: score %d within %gs (last: %s)",
-                address,
+                source,
                 ban.banned_until.isoformat(timespec="seconds"),
                 ban.score,
                 config.window,
                 reason,
-                extra=logs.fields("ban", addr=address, reason=reason, until=ban.banned_until),
+                extra=logs.fields("ban", addr=source, reason=reason, until=ban.banned_until),
             )
 
     def _refresh_bans(self) -> None:

@@ -896,18 +896,21 @@ def bans_list(as_json: bool, config_path: Path | None) -> None:
 @config_option
 @reports_errors
 def bans_remove(address: str, config_path: Path | None) -> None:
-    """Lift the ban on ADDRESS (and forget its scores)."""
-    import ipaddress
+    """Lift the ban on ADDRESS, or on the network an IPv6 ADDRESS is banned as (its
+    server.ipv6_source_prefix), and forget its scores."""
+    from sftp_gateway.addresses import ban_key
 
-    try:
-        normalised = str(ipaddress.ip_address(address.strip()))
-    except ValueError:
+    settings = _settings(config_path)
+    key = ban_key(address, settings.server.ipv6_source_prefix)
+    if key is None:
         raise click.BadParameter(
-            f"{address!r} is not an IP address", param_hint="ADDRESS"
-        ) from None
-    if not _ban_store(config_path).remove_ban(normalised):
-        fail(f"{normalised} is not banned", 1)
-    click.echo(f"removed ban on {normalised}")
+            f"{address!r} is not an IP address or network", param_hint="ADDRESS"
+        )
+    from sftp_gateway.catalog.bans import BanStore
+
+    if not BanStore(_catalog(settings).engine).remove_ban(key):
+        fail(f"{key} is not banned", 1)
+    click.echo(f"removed ban on {key}")
 
 
 # -- events --------------------------------------------------------------------------

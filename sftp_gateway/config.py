@@ -163,6 +163,9 @@ class ServerConfig(_Section):
     # with probability rate% rising linearly to 100% at `full`.
     max_startups: str = "10:30:100"
     per_source_max_startups: int = Field(default=10, ge=1)
+    # IPv6 clients are counted (per_source_max_startups) and banned by this network
+    # prefix: one subscriber holds a /64 of addresses. 128: each address on its own.
+    ipv6_source_prefix: int = Field(default=64, ge=16, le=128)
     max_auth_tries: int = Field(default=6, ge=1, le=100)
     ban: BanConfig = Field(default_factory=BanConfig)
     # SSH flow control: the window bounds the bytes a client may have in flight per

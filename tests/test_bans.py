@@ -11,9 +11,13 @@ import contextlib
 import json
 import socket
 import time
+from pathlib import Path
 
 import paramiko
+import pytest
 
+from sftp_gateway.addresses import ban_key, source_of
+from sftp_gateway.proxyproto import build_v2
 from tests.helpers import make_user_key, wait_until
 from tests.serving import ServeProcess
 
@@ -159,3 +163,93 @@ def test_a_signature_that_does_not_verify_counts_as_a_failed_login(serve_factory
     forged_signatures(served, 20)
     wait_until(lambda: ATTACKER in banned_addresses(served), timeout=10)
     assert served.user_can_upload()  # 127.0.0.1 is not concerned
+
+
+# -- IPv6: a source is the client's /64 ----------------------------------------------
+
+BEHIND_BALANCER = {"proxy_protocol": "required", "proxy_trusted_networks": ["127.0.0.1/32"]}
+
+
+@pytest.mark.parametrize(
+    ("address", "prefix", "source"),
+    [
+        ("203.0.113.7", 64, "203.0.113.7"),
+        ("::ffff:203.0.113.7", 64, "203.0.113.7"),
+        ("2001:db8:0:7::beef", 64, "2001:db8:0:7::/64"),
+        ("2001:DB8:0:7:1:2:3:4", 48, "2001:db8::/48"),
+        ("2001:db8:0:7::beef", 128, "2001:db8:0:7::beef"),
+        ("2001:db8:0:7::/64", 64, "2001:db8:0:7::/64"),  # a source already
+    ],
+)
+def test_an_ipv6_client_counts_as_its_network_and_ipv4_as_itself(
+    address: str, prefix: int, source: str
+) -> None:
+    assert source_of(address, prefix) == source
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("2001:db8:0:7::42", "2001:db8:0:7::/64"),
+        ("2001:db8:0:7::/64", "2001:db8:0:7::/64"),
+        ("2001:db8:0:7:ffff::/64", "2001:db8:0:7::/64"),
+        ("203.0.113.7/32", "203.0.113.7"),
+        (" 203.0.113.7 ", "203.0.113.7"),
+        ("not-an-address", None),
+    ],
+)
+def test_an_operator_names_a_ban_by_any_address_in_it_or_by_its_network(
+    text: str, key: str | None
+) -> None:
+    assert ban_key(text, 64) == key
+
+
+def logs_in_from(served: ServeProcess, client: str, key: Path) -> bool:
+    """paramiko behind a balancer whose PROXY header names `client`: logged in?"""
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=20)
+    sock.sendall(build_v2((client, 40000), ("2001:db8::1", 22)))
+    transport = paramiko.Transport(sock)
+    try:
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(key))
+        transport.connect(username=served.user, pkey=pkey)
+        return transport.is_authenticated()
+    except (paramiko.SSHException, OSError, EOFError):
+        return False
+    finally:
+        transport.close()
+
+
+def test_an_ipv6_client_rotating_addresses_within_its_64_is_banned_as_the_64(
+    serve_factory,
+) -> None:
+    served = serve_factory({"server": {**BEHIND_BALANCER, **ban_config()["server"]}})
+    wrong = make_user_key(served.tmp / "wrongkeys")
+    for host in (1, 2, 3):  # a fresh address for each try, one failed key each
+        assert not logs_in_from(served, f"2001:db8:0:7::{host}", wrong)
+    wait_until(lambda: "2001:db8:0:7::/64" in banned_addresses(served), timeout=10)
+    assert banned_addresses(served)["2001:db8:0:7::/64"]["score"] == 3
+
+    assert not logs_in_from(served, "2001:db8:0:7::beef", served.key_path), "rotated past the ban"
+    assert "refused 2001:db8:0:7::beef: banned until " in served.log_text()
+    assert logs_in_from(served, "2001:db8:0:8::1", served.key_path)  # the next /64 is not
+    removed = served.cli("bans", "remove", "2001:db8:0:7::42")
+    assert "removed ban on 2001:db8:0:7::/64" in removed.stdout
+    wait_until(lambda: logs_in_from(served, "2001:db8:0:7::beef", served.key_path), timeout=15)
+
+
+def test_per_source_max_startups_counts_an_ipv6_64_as_one_source(serve_factory) -> None:
+    limits = {"per_source_max_startups": 2, "ban": {"enabled": False}}
+    served = serve_factory({"server": {**BEHIND_BALANCER, **limits}})
+    held = []
+    try:
+        for host in (1, 2):  # two unauthenticated connections, each from its own address
+            sock = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+            sock.sendall(build_v2((f"2001:db8:0:7::{host}", 40000)))
+            assert sock.recv(64).startswith(b"SSH-2.0-")
+            held.append(sock)
+        assert not logs_in_from(served, "2001:db8:0:7::3", served.key_path)
+        assert "refused 2001:db8:0:7::3: per_source_max_startups (2) reached" in served.log_text()
+        assert logs_in_from(served, "2001:db8:0:8::3", served.key_path)
+    finally:
+        for sock in held:
+            sock.close()
