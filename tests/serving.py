@@ -166,9 +166,17 @@ def start_serve(
     )
     served = ServeProcess(tmp, config_path, port, process, log_path, key_path, endpoint, bucket)
     try:
-        wait_port(port, timeout=60)
+        for listening in (port, *http_ports(config)):
+            wait_port(listening, timeout=60)
     except AssertionError:
         served.stop()
         raise AssertionError(f"serve did not start:\n{served.log_text()}") from None
     time.sleep(0.2)
     return served
+
+
+def http_ports(config: dict[str, Any]) -> list[int]:
+    """The ports of the admin and upload-link listeners the config asks for: their
+    servers start after the SSH port opens, later still when the machine is busy."""
+    listens = [config.get(section, {}).get("listen") for section in ("admin", "web")]
+    return [int(str(listen).rsplit(":", 1)[1]) for listen in listens if listen]
