@@ -89,11 +89,7 @@ def test_poison_message_is_deleted_after_max_receives_with_one_error_line(
     stats = run_until_empty(settings, catalog, moto_endpoint, queue)
     assert (stats.malformed, stats.dropped) == (2, 1)
     assert queue_depth(moto_endpoint, queue) == (0, 0)
-    dropped = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno == logging.ERROR and "deleted after" in r.getMessage()
-    ]
+    dropped = dropped_messages(caplog)
     assert dropped == [
         f"message {message_id} (event {poison['event_id']}) is not an upload event"
         f" (unknown event type 'upload.exploded'); deleted after 3 receives: "
@@ -147,11 +143,7 @@ def test_recipients_refused_for_now_are_retried_and_refused_for_good_dropped_aft
     assert handler.messages == []
     assert (stats.retried, stats.malformed, stats.dropped) == (0, 1, 1)
     assert queue_depth(moto_endpoint, queue) == (0, 0)
-    dropped = [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno == logging.ERROR and "deleted after" in r.getMessage()
-    ]
+    dropped = dropped_messages(caplog)
     assert dropped == [
         f"message {message_id} (event {json.loads(body)['event_id']}) cannot be delivered"
         " (SMTP refused every recipient: alice@example.com (550 5.1.1 no such user),"
@@ -208,3 +200,12 @@ def test_lambda_reports_poison_as_failure_until_its_max_receives_th_delivery(
     hostile = event_body(file_name="a\u2028b\u0085c.pdf")
     assert handler({"Records": [sqs_record(hostile, "m2", 1)]}, None) == {"batchItemFailures": []}
     assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
+
+
+def dropped_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ERROR lines saying a message was deleted unprocessed."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and "deleted after" in r.getMessage()
+    ]
