@@ -63,6 +63,18 @@ class ServeProcess:
     def threads(self) -> int:
         return self.status_field("Threads")
 
+    def settled_threads(self, quiet: float = 1.0, timeout: float = 20) -> int:
+        """The thread count once it has not changed for `quiet` seconds: a baseline taken
+        while a busy machine still starts the background threads would be too low."""
+        deadline = time.monotonic() + timeout
+        count, since = self.threads(), time.monotonic()
+        while time.monotonic() - since < quiet and time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.threads()
+            if now != count:
+                count, since = now, time.monotonic()
+        return count
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

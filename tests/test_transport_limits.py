@@ -76,7 +76,7 @@ def send_until_closed(sock: socket.socket, chunk: bytes, max_bytes: int, seconds
 def watched(served: ServeProcess) -> Iterator[None]:
     """Around an attack: afterwards, RSS (and its peak) grew by less than 20 MiB and the
     thread count came back down."""
-    threads, rss, peak = served.threads(), served.rss_mib(), served.status_field("VmHWM")
+    threads, rss, peak = served.settled_threads(), served.rss_mib(), served.status_field("VmHWM")
     yield
     wait_until(lambda: served.threads() <= threads, timeout=10)
     peak_growth = (served.status_field("VmHWM") - peak) / 1024
