@@ -78,11 +78,15 @@ class Gateway:
         background: list[Worker] | None = None,
         listener: socket.socket | None = None,
         host_jobs: bool = True,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         """`listener`: a socket already bound and listening (a worker of `serve
         --workers N` gets the supervisor's); `host_jobs=False` leaves the periodic gc and
-        the admin listener to the supervisor, which runs them once per host."""
+        the admin listener to the supervisor, which runs them once per host;
+        `heartbeat` is called at every turn of the accept loop (at least every 0.5 s):
+        the supervisor's sign that this worker is not stuck."""
         self.settings = settings
+        self._heartbeat = heartbeat
         # storage.compression_naming: suffix maps file keys to the suffixed objects here.
         self.storage = storage_for(settings.storage, storage)
         self.catalog = catalog or build_catalog(settings)
@@ -195,6 +199,8 @@ class Gateway:
     def _accept_loop(self) -> None:
         assert self._listener is not None
         while not self._stopping.is_set():
+            if self._heartbeat is not None:
+                self._heartbeat()
             try:
                 sock, address = self._listener.accept()
             except TimeoutError:

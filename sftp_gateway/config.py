@@ -179,6 +179,10 @@ class ServerConfig(_Section):
     # overrides it); None: one per core (os.cpu_count()); 1: a single process, no
     # supervisor. Each worker gets uploads.memory_budget / workers.
     workers: int | None = Field(default=None, ge=1, le=256)
+    # With workers: one whose accept loop has not turned for this long is stuck (a
+    # deadlock, a call that never returns, SIGSTOP); the supervisor logs its threads'
+    # stacks, kills it and starts another. 0: never.
+    worker_timeout: Seconds = Field(default=60.0, ge=0)
     # Names this process in the catalog, so a restart recovers only its own uploads.
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     # Seconds between re-checks of open sessions: a removed user or key, or a key whose

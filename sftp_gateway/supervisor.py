@@ -11,8 +11,11 @@ the GIL), so `serve` starts N workers that accept on the same socket. The superv
   browser upload links (WebUploads: its own pipeline, one (N+1)th of the memory budget);
 - gives every process one metrics directory (prometheus_client multiprocess mode), so
   /metrics sums the workers' counters;
-- replaces a worker that died (logged, with backoff), and on SIGTERM/SIGINT forwards
-  SIGTERM to every worker, waits up to drain_timeout + a margin, then SIGKILLs the rest.
+- replaces a worker that died (logged, with backoff), and one that is stuck: a worker's
+  accept loop touches a heartbeat file at every turn, and one silent for
+  server.worker_timeout has its threads' stacks logged, then is killed and replaced;
+- on SIGTERM/SIGINT forwards SIGTERM to every worker, waits up to drain_timeout + a
+  margin, then SIGKILLs the rest.
 
 It never imports paramiko. Workers share only the catalog: bans, resume leases and
 upload rows. Worker i records its uploads as `INSTANCE/wi`, so a replaced worker
@@ -55,6 +58,8 @@ HEALTHY_AFTER = 60.0  # a worker that lived this long starts its backoff over
 HOST_KEYS_WAIT = 60.0  # worker 0 generates missing host keys before the others start
 CONFIG_EXIT = 2  # a worker that exits 2 met a config error: restarting cannot help
 CLOSE_OUT_SECONDS = 10.0  # at stop: for cut browser uploads to record themselves
+HEARTBEAT_EVERY = 1.0  # seconds between a worker's touches of its heartbeat file
+BOOT_GRACE = 120.0  # before its first heartbeat: interpreter start, recovery of uploads
 PR_SET_PDEATHSIG = 1
 # hostkeys.HOST_KEYS' files (that module imports paramiko; tests/test_workers.py checks)
 HOST_KEY_FILES = ("ssh_host_ed25519_key", "ssh_host_rsa_key")
@@ -150,23 +155,52 @@ def worker_identities(settings: Settings, count: int) -> set[str]:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What the supervisor tells a worker on its command line: FD:INDEX:COUNT:PPID."""
+    """What the supervisor tells a worker on its command line:
+    FD:INDEX:COUNT:PPID:HEARTBEAT_FILE (the path last: it may hold a colon)."""
 
     fd: int
     index: int
     count: int
     parent: int
+    heartbeat: Path
 
     def text(self) -> str:
-        return f"{self.fd}:{self.index}:{self.count}:{self.parent}"
+        return f"{self.fd}:{self.index}:{self.count}:{self.parent}:{self.heartbeat}"
 
     @classmethod
     def parse(cls, text: str) -> WorkerSpec:
         try:
-            fd, index, count, parent = (int(part) for part in text.split(":"))
+            *numbers, heartbeat = text.split(":", 4)
+            fd, index, count, parent = (int(part) for part in numbers)
         except ValueError:
-            raise ConfigError(f"--worker-of: {text!r} is not FD:INDEX:COUNT:PPID") from None
-        return cls(fd, index, count, parent)
+            raise ConfigError(
+                f"--worker-of: {text!r} is not FD:INDEX:COUNT:PPID:HEARTBEAT_FILE"
+            ) from None
+        return cls(fd, index, count, parent, Path(heartbeat))
+
+
+class Heartbeat:
+    """A worker's sign of life: its accept loop touches a file, at most once a
+    second; the supervisor reads the file's age. A file, not a pipe: a stuck worker
+    cannot block the supervisor, and nothing is left to read when it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last = -HEARTBEAT_EVERY
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= HEARTBEAT_EVERY:
+            self.path.touch()
+            self._last = now
+
+    @staticmethod
+    def age(path: Path) -> float | None:
+        """Seconds since the last beat; None before the first."""
+        try:
+            return time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
 
 def die_with_parent(parent: int) -> None:
@@ -189,7 +223,8 @@ def run_worker(settings: Settings, catalog: Any, spec: WorkerSpec) -> None:
     faulthandler.register(STACKS_SIGNAL, all_threads=True)
     listener = socket.socket(fileno=spec.fd)
     mine = worker_settings(settings, spec.index, spec.count)
-    gateway = Gateway(mine, catalog=catalog, listener=listener, host_jobs=False)
+    beats = Heartbeat(spec.heartbeat).beat
+    gateway = Gateway(mine, catalog=catalog, listener=listener, host_jobs=False, heartbeat=beats)
 
     def started(address: tuple[str, int]) -> None:
         log.info(
@@ -234,6 +269,7 @@ class WorkerProcess:
     started_at: float = 0.0
     failures: int = 0
     restart_at: float | None = None
+    heartbeat: Path = Path()
 
 
 @dataclass
@@ -247,6 +283,7 @@ class Supervisor:
     verbose: bool = False
     workers: list[WorkerProcess] = field(default_factory=list)
     exit_code: int = 0
+    _heartbeats: Path = field(default_factory=Path, init=False)  # made by run()
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the metrics of every process go to a private
@@ -255,11 +292,13 @@ class Supervisor:
         listener.set_inheritable(True)
         metrics_dir = tempfile.mkdtemp(prefix="sftp-gateway-metrics-")
         metrics.use_multiprocess(metrics_dir)  # before any job counts; workers inherit it
+        self._heartbeats = Path(tempfile.mkdtemp(prefix="sftp-gateway-heartbeats-"))
         try:
             jobs = HostJobs(self.settings, self.catalog, self.count)
             return self._supervise(listener, jobs)
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._heartbeats, ignore_errors=True)
 
     def _supervise(self, listener: socket.socket, jobs: HostJobs) -> int:
         from sftp_gateway.signals import POLL_SECONDS, capture_signals
@@ -286,7 +325,9 @@ class Supervisor:
         return self.exit_code
 
     def _start_all(self, listener: socket.socket, stop: Any) -> None:
-        self.workers = [WorkerProcess(i) for i in range(self.count)]
+        self.workers = [
+            WorkerProcess(i, heartbeat=self._heartbeats / f"worker-{i}") for i in range(self.count)
+        ]
         self._spawn(self.workers[0], listener)
         self._wait_for_host_keys(self.workers[0], stop)
         for worker in self.workers[1:]:
@@ -305,7 +346,10 @@ class Supervisor:
             time.sleep(0.05)
 
     def _spawn(self, worker: WorkerProcess, listener: socket.socket) -> None:
-        spec = WorkerSpec(listener.fileno(), worker.index, self.count, os.getpid())
+        worker.heartbeat.unlink(missing_ok=True)  # the one before it may have left its own
+        spec = WorkerSpec(
+            listener.fileno(), worker.index, self.count, os.getpid(), worker.heartbeat
+        )
         command = [sys.executable, "-m", "sftp_gateway"]
         command += ["-v"] if self.verbose else []
         command += ["serve", "--config", str(self.config_path), "--worker-of", spec.text()]
@@ -317,14 +361,39 @@ class Supervisor:
         log.info("started worker %d (pid %d)", worker.index, worker.process.pid)
 
     def _watch(self, listener: socket.socket) -> None:
-        """Reap dead workers and start their replacements when their backoff is over."""
+        """Kill stuck workers, reap dead ones and start their replacements when their
+        backoff is over."""
         now = time.monotonic()
         for worker in self.workers:
             process = worker.process
+            if process is not None and process.poll() is None:
+                self._kill_if_stuck(worker, process, now)
             if process is not None and process.poll() is not None:
                 self._note_death(worker, process, now)
             if worker.restart_at is not None and now >= worker.restart_at:
                 self._spawn(worker, listener)
+
+    def _kill_if_stuck(
+        self, worker: WorkerProcess, process: subprocess.Popen[bytes], now: float
+    ) -> None:
+        """A worker whose accept loop has not turned for server.worker_timeout takes no
+        connection and may hold others hung: show where it is stuck, then replace it."""
+        timeout = self.settings.server.worker_timeout
+        if not timeout:
+            return
+        silent = Heartbeat.age(worker.heartbeat)
+        if silent is None:  # not serving yet: booting, or recovering its uploads
+            silent = now - worker.started_at - BOOT_GRACE
+        if silent < timeout:
+            return
+        log.warning(
+            "worker %d (pid %d) has not run its accept loop for %.0f s"
+            " (server.worker_timeout); its threads follow, then it is killed",
+            worker.index,
+            process.pid,
+            silent,
+        )
+        kill_showing_stacks(process)
 
     def _note_death(
         self, worker: WorkerProcess, process: subprocess.Popen[bytes], now: float
@@ -376,15 +445,23 @@ class Supervisor:
                 "worker pid %d did not stop in time; its threads follow, then it is killed",
                 process.pid,
             )
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(STACKS_SIGNAL)  # faulthandler: every thread's stack
-            time.sleep(STACKS_WAIT)
-            process.kill()
+            kill_showing_stacks(process)
         for worker in self.workers:
             if worker.process is not None:
                 worker.process.wait(timeout=10)
                 metrics.process_ended(worker.process.pid)
         log.info("all workers stopped")
+
+
+def kill_showing_stacks(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, after asking faulthandler for every thread's stack (on the worker's
+    stderr, the supervisor's log). A stopped process shows none, but dies all the same."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(STACKS_SIGNAL)
+    time.sleep(STACKS_WAIT)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait(timeout=10)
 
 
 # -- once per host -----------------------------------------------------------------------

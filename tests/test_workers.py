@@ -8,6 +8,7 @@ each upload is announced once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -270,3 +271,38 @@ def test_metrics_count_uploads_of_every_worker(
     samples = scrape(url)
     assert value(samples, "sftp_gateway_received_bytes_total") >= 2 * 200_000
     assert "sftp_gateway_outbox_pending_events" in {name for name, _ in samples}
+
+
+def test_stuck_worker_is_killed_and_replaced(serve_factory: Callable[..., ServeProcess]) -> None:
+    served = serve_two_workers(
+        serve_factory, {"server": {**TWO_WORKERS["server"], "worker_timeout": 3}}
+    )
+    victim = worker_pids(served)[1][0]
+    os.kill(victim, signal.SIGSTOP)  # alive, holding its socket, never turning its loop
+    try:
+        wait_until(lambda: len(worker_pids(served).get(1, [])) == 2, timeout=STARTUP)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
+    log = served.log_text()
+    assert f"worker 1 (pid {victim}) has not run its accept loop for" in log
+    assert f"worker 1 (pid {victim}) died (signal 9)" in log
+    assert not Path(f"/proc/{victim}").exists()
+    wait_until(lambda: served.log_text().count("serving on") >= 3, timeout=STARTUP)
+    assert all(upload_in_parallel(served, [f"after-{n}.pdf" for n in range(4)]))
+    assert len(worker_pids(served)[0]) == 1  # the live one was left alone
+
+
+def test_worker_spec_carries_a_heartbeat_path_even_with_a_colon(tmp_path: Path) -> None:
+    spec = supervisor.WorkerSpec(5, 1, 2, 4242, tmp_path / "a:b" / "worker-1")
+    assert supervisor.WorkerSpec.parse(spec.text()) == spec
+    with pytest.raises(ConfigError, match="--worker-of"):
+        supervisor.WorkerSpec.parse("5:1:2:4242")
+
+
+def test_heartbeat_age_is_unknown_before_the_first_beat(tmp_path: Path) -> None:
+    path = tmp_path / "worker-0"
+    assert supervisor.Heartbeat.age(path) is None
+    supervisor.Heartbeat(path).beat()
+    age = supervisor.Heartbeat.age(path)
+    assert age is not None and age < 5
