@@ -275,7 +275,7 @@ def test_metrics_count_uploads_of_every_worker(
 
 def test_stuck_worker_is_killed_and_replaced(serve_factory: Callable[..., ServeProcess]) -> None:
     served = serve_two_workers(
-        serve_factory, {"server": {**TWO_WORKERS["server"], "worker_timeout": 3}}
+        serve_factory, {"server": {**TWO_WORKERS["server"], "worker_timeout": 6}}
     )
     victim = worker_pids(served)[1][0]
     os.kill(victim, signal.SIGSTOP)  # alive, holding its socket, never turning its loop
