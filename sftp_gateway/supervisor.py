@@ -181,8 +181,8 @@ class WorkerSpec:
 
 class Heartbeat:
     """A worker's sign of life: its accept loop touches a file, at most once a
-    second; the supervisor reads the file's age. A file, not a pipe: a stuck worker
-    cannot block the supervisor, and nothing is left to read when it dies."""
+    second; the supervisor watches the file's mtime change. A file, not a pipe: a stuck
+    worker cannot block the supervisor, and nothing is left to read when it dies."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -195,10 +195,12 @@ class Heartbeat:
             self._last = now
 
     @staticmethod
-    def age(path: Path) -> float | None:
-        """Seconds since the last beat; None before the first."""
+    def stamp(path: Path) -> int | None:
+        """The last beat's mark (the file's mtime); None before the first. Only whether
+        it changed counts, never its value: a step of the wall clock (NTP, a resumed VM)
+        must not make every worker look stuck at once."""
         try:
-            return time.time() - path.stat().st_mtime
+            return path.stat().st_mtime_ns
         except FileNotFoundError:
             return None
 
@@ -270,6 +272,8 @@ class WorkerProcess:
     failures: int = 0
     restart_at: float | None = None
     heartbeat: Path = Path()
+    last_stamp: int | None = None  # the heartbeat's mtime when last seen to change
+    alive_at: float = 0.0  # monotonic: when it last changed (or the worker started)
 
 
 @dataclass
@@ -356,8 +360,9 @@ class Supervisor:
         worker.process = subprocess.Popen(
             command, pass_fds=(listener.fileno(),), process_group=0
         )  # its own group: a terminal's Ctrl-C reaches the supervisor, which forwards it
-        worker.started_at = time.monotonic()
+        worker.started_at = worker.alive_at = time.monotonic()
         worker.restart_at = None
+        worker.last_stamp = None
         log.info("started worker %d (pid %d)", worker.index, worker.process.pid)
 
     def _watch(self, listener: socket.socket) -> None:
@@ -381,10 +386,12 @@ class Supervisor:
         timeout = self.settings.server.worker_timeout
         if not timeout:
             return
-        silent = Heartbeat.age(worker.heartbeat)
-        if silent is None:  # not serving yet: booting, or recovering its uploads
-            silent = now - worker.started_at - BOOT_GRACE
-        if silent < timeout:
+        stamp = Heartbeat.stamp(worker.heartbeat)
+        if stamp != worker.last_stamp:
+            worker.last_stamp, worker.alive_at = stamp, now
+        silent = now - worker.alive_at
+        # Before its first beat it is booting, or recovering its uploads: more time.
+        if silent < timeout + (BOOT_GRACE if stamp is None else 0.0):
             return
         log.warning(
             "worker %d (pid %d) has not run its accept loop for %.0f s"

@@ -300,9 +300,14 @@ def test_worker_spec_carries_a_heartbeat_path_even_with_a_colon(tmp_path: Path) 
         supervisor.WorkerSpec.parse("5:1:2:4242")
 
 
-def test_heartbeat_age_is_unknown_before_the_first_beat(tmp_path: Path) -> None:
+def test_heartbeat_marks_change_with_each_beat_and_not_between(tmp_path: Path) -> None:
     path = tmp_path / "worker-0"
-    assert supervisor.Heartbeat.age(path) is None
-    supervisor.Heartbeat(path).beat()
-    age = supervisor.Heartbeat.age(path)
-    assert age is not None and age < 5
+    assert supervisor.Heartbeat.stamp(path) is None
+    heart = supervisor.Heartbeat(path)
+    heart.beat()
+    first = supervisor.Heartbeat.stamp(path)
+    heart.beat()  # within the second: not written again
+    assert first is not None and supervisor.Heartbeat.stamp(path) == first
+    time.sleep(supervisor.HEARTBEAT_EVERY + 0.05)
+    heart.beat()
+    assert supervisor.Heartbeat.stamp(path) != first
