@@ -25,7 +25,7 @@ from sftp_gateway.errors import (
     PermissionDenied,
     StorageError,
 )
-from sftp_gateway.listings import RecentListings
+from sftp_gateway.listings import UNSEEN, RecentListings
 from sftp_gateway.paths import Jail, normalize
 from sftp_gateway.records import UploadRecord
 from sftp_gateway.storage.base import ObjectInfo, Storage
@@ -230,6 +230,8 @@ class UserFilesystem:
         visible_key = self.jail.key(virtual)
         final = self.final_name(virtual)
         check_name_allowed(final, self.settings.uploads.allowed_extensions)
+        if self.recent.last_probe(visible_key) is not UNSEEN:  # S3 just failed: no more
+            self._refuse_under_a_file(virtual)  # waiting; the upload meets the outage
         final_key = self.jail.key(final)
         temporary = final_key != visible_key
         # A plain truncating open by a user who may overwrite needs to know only that the
@@ -342,10 +344,23 @@ class UserFilesystem:
         self.recent.touched(key)
         if self.storage.probe(key).exists:
             raise AlreadyExists(f"{virtual} already exists")
-        parent = posixpath.dirname(virtual)
-        if parent != "/" and self.storage.head(self.jail.key(parent)) is not None:
-            raise InvalidRequest(f"{parent} is a file, not a directory")
+        self._refuse_under_a_file(virtual)
         self.storage.make_dir(key + "/")
+
+    def _refuse_under_a_file(self, virtual: str) -> None:
+        """S3 would keep `a.pdf/b.pdf` beside the file `a.pdf`, where no client can
+        browse to it (`cd a.pdf` finds a file): a name under a file is refused, as a
+        POSIX server refuses it (ENOTDIR). A missing directory is fine: S3 has none.
+        When S3 cannot say, the request goes ahead and meets the outage itself."""
+        parent = posixpath.dirname(virtual)
+        while parent != "/":
+            try:
+                is_file = self.recent.is_file(self.jail.key(parent))
+            except StorageError:
+                return
+            if is_file:
+                raise InvalidRequest(f"{parent} is a file, not a directory")
+            parent = posixpath.dirname(parent)
 
     def rmdir(self, path: str) -> None:
         self.require("delete")
@@ -385,7 +400,9 @@ class UserFilesystem:
 
     def _check_rename_target(self, new_virtual: str, new_key: str, *, overwrite: bool) -> None:
         """A file may take the name of a file (posix-rename, with `overwrite`), never
-        the name of a directory: S3 would hold both and list the name twice."""
+        the name of a directory nor a name under a file: S3 would hold both and list the
+        name twice, or keep the file where no client can browse."""
+        self._refuse_under_a_file(new_virtual)
         target = self.storage.probe(new_key)
         if target.is_dir:
             raise InvalidRequest(f"{new_virtual} is a directory")

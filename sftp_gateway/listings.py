@@ -77,6 +77,7 @@ class RecentListings(Generic[R]):
         self._touched: set[str] = set()
         self._enabled = ttl > 0
         self._last: tuple[str, Probe, float] | None = None  # the last name probed
+        self._not_files: dict[str, float] = {}  # key -> until when S3's "no object" holds
 
     def probe(self, key: str) -> Probe:
         """File, directory or nothing, as S3 says now or said less than `ttl` ago."""
@@ -112,6 +113,19 @@ class RecentListings(Generic[R]):
             return self._storage.probe(key)
         return Probe(view.files.get(name), name in view.dirs)
 
+    def is_file(self, key: str) -> bool:
+        """Whether an object is stored at `key`. S3's "no" is believed for `ttl`: a burst
+        of uploads into one directory asks whether that directory is a file once."""
+        now = self._clock()
+        if self._not_files.get(key, 0.0) > now:
+            return False
+        found = self._storage.head(key) is not None
+        if not found and self._enabled:
+            if len(self._not_files) >= MAX_ENTRIES:
+                self._not_files.clear()
+            self._not_files[key] = now + self._ttl
+        return found
+
     def resumable(self, key: str) -> R | None:
         """The key's resumable upload, from the directory's fresh listing if it has one
         (call before `probe`, which is what lists a directory)."""
@@ -128,6 +142,7 @@ class RecentListings(Generic[R]):
             return
         if self._last is not None and self._last[0] == key:
             self._last = None
+        self._not_files.pop(key, None)
         self._views.pop(key + "/", None)  # it may have been a directory
         path = key
         while path:  # a directory's own listing stays: its touched names bypass it

@@ -198,3 +198,27 @@ def test_the_sessions_own_names_and_a_stale_view_ask_the_catalog_itself() -> Non
     assert stat(recent, f"{HOME}other.pdf") is None  # at most ttl late
     clock.now += 2.0
     assert stat(recent, f"{HOME}other.pdf") == "another session's"
+
+
+def test_a_directory_found_not_to_be_a_file_is_asked_again_only_after_ttl() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    directory = HOME + "reports"
+
+    answers = [recent.is_file(directory) for _ in range(50)]  # one upload after another
+    put(storage, directory)  # another session stores a file of that name
+    still_believed = recent.is_file(directory)
+    clock.now += 2.0
+
+    assert answers == [False] * 50 and still_believed is False
+    assert recent.is_file(directory) is True
+    assert storage.calls["head"] == 2
+
+
+def test_the_sessions_own_write_at_a_name_is_seen_as_a_file_at_once() -> None:
+    storage, clock = counting_storage(), Clock()
+    recent = RecentListings(storage, ttl=2.0, clock=clock)
+    assert recent.is_file(HOME + "reports") is False
+    recent.touched(HOME + "reports")
+    put(storage, HOME + "reports")
+    assert recent.is_file(HOME + "reports") is True

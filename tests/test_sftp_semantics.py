@@ -106,9 +106,15 @@ def test_a_file_never_takes_a_directory_s_name_nor_lives_under_a_file(
             sftp.posix_rename("/f.pdf", "/d.pdf")
         with pytest.raises(OSError, match=r"/f\.pdf is a file, not a directory"):
             sftp.mkdir("/f.pdf/sub")
+        for under_the_file in ("/f.pdf/child.pdf", "/f.pdf/sub/child.pdf"):
+            with pytest.raises(OSError, match=r"/f\.pdf is a file, not a directory"):
+                put(sftp, under_the_file, PDF + b"lost under a file")
+        with pytest.raises(OSError, match=r"/f\.pdf is a file, not a directory"):
+            sftp.posix_rename("/d.pdf/inner.pdf", "/f.pdf/inner.pdf")
         assert sorted(sftp.listdir("/")) == ["d.pdf", "f.pdf"]
     home = gateway.key_for("")
     assert keys(gateway) == [home + "d.pdf/", home + "d.pdf/inner.pdf", home + "f.pdf"]
+    assert gateway.catalog.uploads_for_key(gateway.bucket, home + "f.pdf/child.pdf") == []
 
 
 def test_a_temporary_suffix_alone_is_a_file_name_not_a_temporary_file(
