@@ -230,8 +230,10 @@ class UserFilesystem:
         visible_key = self.jail.key(virtual)
         final = self.final_name(virtual)
         check_name_allowed(final, self.settings.uploads.allowed_extensions)
-        if self.recent.last_probe(visible_key) is not UNSEEN:  # S3 just failed: no more
-            self._refuse_under_a_file(virtual)  # waiting; the upload meets the outage
+        # After a STAT that S3 could not answer, do not wait on S3 again: the upload
+        # meets the outage itself.
+        if self.recent.last_probe(visible_key) is not UNSEEN:
+            self._refuse_under_a_file(virtual)
         final_key = self.jail.key(final)
         temporary = final_key != visible_key
         # A plain truncating open by a user who may overwrite needs to know only that the
