@@ -249,17 +249,23 @@ class SmtpCapture:
 
 @dataclass
 class PickySmtp(SmtpCapture):
-    """Also refuses RCPT TO for the addresses in `refuse` (lower case -> the reply), and
-    answers QUIT with `quit_reply`."""
+    """Also refuses RCPT TO for the addresses in `refuse` (lower case -> the reply; only
+    the first time with `refuse_once`, as a greylisting server does), and answers QUIT
+    with `quit_reply`."""
 
     refuse: dict[str, str] = field(default_factory=dict)
     quit_reply: str = "221 Bye"
+    refuse_once: bool = False
+    recipients_refused: int = 0  # RCPT TOs refused so far
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         reply = self.refuse.get(address.lower())
         if reply:
+            self.recipients_refused += 1
+            if self.refuse_once:
+                del self.refuse[address.lower()]
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)

@@ -293,6 +293,65 @@ def test_a_recipient_smtp_refuses_is_logged_and_the_others_get_the_email_once(
     ]
 
 
+def test_a_recipient_refused_for_now_gets_the_email_on_the_next_delivery_and_only_they(
+    tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = create_queue(moto_endpoint)
+    greylisted = "450 4.2.0 greylisted, try again later"
+    handler = PickySmtp(refuse={"late@example.com": greylisted}, refuse_once=True)
+    caplog.set_level(logging.INFO, logger="sftp_gateway")
+    with smtp_server(handler) as port:
+        settings = smtp_settings(tmp_path, moto_endpoint, queue, port, visibility_timeout=1)
+        catalog = new_catalog(settings)
+        body = event_body(email="late@example.com")
+        event_id = json.loads(body)["event_id"]
+        send_raw(moto_endpoint, queue, body)
+
+        first = run_worker(settings, catalog, once=True)
+        assert first.retried == 1 and first.done == 0
+        assert sum(queue_depth(moto_endpoint, queue)) == 1  # kept for late@example.com
+        assert not catalog.email_already_sent(event_id)
+        wait_until(lambda: run_worker(settings, catalog, once=True).done == 1, timeout=20)
+    first_copy, second_copy = handler.messages
+    assert first_copy.rcpt_tos == ["ops@example.com"]
+    assert second_copy.rcpt_tos == ["late@example.com"]
+    assert second_copy.message["Subject"] == first_copy.message["Subject"]
+    assert queue_depth(moto_endpoint, queue) == (0, 0)
+    assert catalog.email_already_sent(event_id)
+    assert catalog.emailed_recipients(event_id) == {"ops@example.com", "late@example.com"}
+    assert warnings_of(caplog) == [
+        f"event {event_id}: SMTP refused late@example.com (450 4.2.0 greylisted, try again"
+        " later) for now; emailed the other recipients, retrying those on the next delivery"
+    ]
+
+
+def test_a_recipient_refused_for_now_is_owed_the_email_until_their_server_takes_it(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    """A full mailbox (452) at every delivery: the message stays, only the owed recipient
+    is tried again, and gets it once the mailbox takes it; the others got it once."""
+    queue = create_queue(moto_endpoint)
+    handler = PickySmtp(refuse={"full@example.com": "452 4.2.2 mailbox full"})
+    with smtp_server(handler) as port:
+        settings = smtp_settings(tmp_path, moto_endpoint, queue, port, visibility_timeout=1)
+        catalog = new_catalog(settings)
+        body = event_body(email="full@example.com")
+        event_id = json.loads(body)["event_id"]
+        send_raw(moto_endpoint, queue, body)
+        for _ in range(3):
+            assert run_worker(settings, catalog, once=True).done == 0
+            time.sleep(1.2)  # past the visibility timeout: SQS delivers it again
+        assert [m.rcpt_tos for m in handler.messages] == [["ops@example.com"]]
+        assert handler.recipients_refused >= 2  # tried again, alone, and refused again
+        assert sum(queue_depth(moto_endpoint, queue)) == 1
+        assert not catalog.email_already_sent(event_id)
+        handler.refuse.clear()  # the mailbox was emptied
+        wait_until(lambda: run_worker(settings, catalog, once=True).done == 1, timeout=20)
+    assert [m.rcpt_tos for m in handler.messages] == [["ops@example.com"], ["full@example.com"]]
+    assert queue_depth(moto_endpoint, queue) == (0, 0)
+    assert catalog.email_already_sent(event_id)
+
+
 def test_email_accepted_before_a_421_reply_to_quit_is_sent_once_and_deleted(
     tmp_path: Path, moto_endpoint: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -135,13 +135,15 @@ class OutboxRow(Base):
 
 
 class SentEmailRow(Base):
-    """One row per event_id already emailed, so a redelivered message sends nothing."""
+    """One row per event_id emailed, so a redelivered message sends nothing more; while
+    `pending` names recipients SMTP refused for now (4xx), only they get it next time."""
 
     __tablename__ = "sent_emails"
 
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    recipients: Mapped[str] = mapped_column(Text)
+    recipients: Mapped[str] = mapped_column(Text)  # who got it, comma-separated
+    pending: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuthScoreRow(Base):

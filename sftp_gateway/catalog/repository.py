@@ -740,17 +740,38 @@ class Catalog:
     # -- notifier ------------------------------------------------------------------
 
     def email_already_sent(self, event_id: str) -> bool:
+        """Whether the event was emailed and no recipient is still owed it."""
         with self._tx() as session:
-            return session.get(SentEmailRow, event_id) is not None
+            row = session.get(SentEmailRow, event_id)
+            return row is not None and not row.pending
 
-    def record_email_sent(self, event_id: str, recipients: Sequence[str]) -> None:
+    def emailed_recipients(self, event_id: str) -> set[str]:
+        """Who already got the event's email (a delivery that left others owed it)."""
+        with self._tx() as session:
+            row = session.get(SentEmailRow, event_id)
+            return set(_addresses(row.recipients)) if row is not None else set()
+
+    def record_email_sent(
+        self, event_id: str, recipients: Sequence[str], pending: Sequence[str] = ()
+    ) -> None:
+        """`recipients` got the email now, `pending` are still owed it (SMTP refused
+        them for now); added to what an earlier delivery of the event recorded. Call
+        under email_guard(event_id)."""
+        owed = ",".join(pending) or None
         try:
             with self._tx() as session:
-                session.add(
-                    SentEmailRow(
-                        event_id=event_id, sent_at=utcnow(), recipients=",".join(recipients)
+                row = session.get(SentEmailRow, event_id)
+                if row is None:
+                    got = ",".join(recipients)
+                    session.add(
+                        SentEmailRow(
+                            event_id=event_id, sent_at=utcnow(), recipients=got, pending=owed
+                        )
                     )
-                )
+                    return
+                earlier = _addresses(row.recipients)
+                row.recipients = ",".join([*earlier, *(r for r in recipients if r not in earlier)])
+                row.pending, row.sent_at = owed, utcnow()
         except IntegrityError:
             pass  # already recorded by a concurrent worker: the email went out once
 
@@ -785,3 +806,9 @@ def _key_row(key: PublicKey, now: datetime) -> UserKeyRow:
 
 def new_upload_id() -> str:
     return str(uuid.uuid4())
+
+
+def _addresses(joined: str | None) -> list[str]:
+    """A comma-joined address column as a list (addresses never hold a comma: the
+    notifier skips any that is not one plain address)."""
+    return [address for address in (joined or "").split(",") if address]

@@ -1,10 +1,11 @@
 """One message in, one decision out: shared by the long-polling worker and the Lambda.
 
 DONE means the message may be deleted (emailed now, also when SMTP refused some of the
-recipients but accepted the others; already emailed before; or a failure email over
-the per-user limit).
+recipients for good (5xx) but accepted the others; already emailed before; or a failure
+email over the per-user limit).
 RETRY means sending failed (SMTP down, refusing the message, or refusing every
-recipient for now with a 4xx): keep it, SQS redelivers it.
+recipient for now with a 4xx), or some recipients were refused for now while the others
+got it: keep it, SQS redelivers it, and only those still owed it get it then.
 MALFORMED means we cannot parse or render it, or SMTP refused every recipient for good
 (5xx): keep it for now (the queue's redrive policy may move it to a dead-letter queue).
 DROPPED means it was MALFORMED on its `notifier.max_receives`-th delivery: delete it,
@@ -32,7 +33,7 @@ from sftp_gateway.notifier.render import (
     recipients_for,
     render_email,
 )
-from sftp_gateway.notifier.senders import Sender, Undeliverable, describe_refusals
+from sftp_gateway.notifier.senders import Refusals, Sender, Undeliverable, describe_refusals
 
 log = logging.getLogger(__name__)
 FAILURE_EMAIL_WINDOW = 3600.0  # seconds: notifier.failure_email_limit is per hour
@@ -163,7 +164,8 @@ class EventProcessor:
     def _send(self, event: dict[str, Any]) -> Outcome:
         event_id = event["event_id"]
         user = str(event["user"])
-        if event["type"] == UPLOAD_FAILED and self.failure_limiter.exceeded(user):
+        already = self.catalog.emailed_recipients(event_id)  # an earlier, partial delivery
+        if not already and event["type"] == UPLOAD_FAILED and self.failure_limiter.exceeded(user):
             log.warning(
                 "event %s (upload.failed by %s) not emailed: over notifier.failure_email_limit"
                 " (%d per hour for this user)",
@@ -173,8 +175,14 @@ class EventProcessor:
             )
             return Outcome.DONE
         recipients = recipients_for(event, self.config.recipients, self.config.user_recipients)
+        owed: list[str] = []
+        if already:
+            recipients = [address for address in recipients if address not in already]
         if not recipients:
-            log.warning("event %s has no recipients (no uploader email, none configured)", event_id)
+            if not already:
+                log.warning(
+                    "event %s has no recipients (no uploader email, none configured)", event_id
+                )
         else:
             try:
                 message = render_email(
@@ -192,20 +200,38 @@ class EventProcessor:
                 metrics.email_sent(False)
                 return Outcome.RETRY
             metrics.email_sent(True)
-            if event["type"] == UPLOAD_FAILED:
+            if event["type"] == UPLOAD_FAILED and not already:
                 self.failure_limiter.note(user)
-            if refused:
-                # The others have it: retrying would send it to them again.
-                log.warning(
-                    "event %s: SMTP refused %s; emailed the other recipients, not retried",
-                    event_id,
-                    describe_refusals(refused),
-                )
-                recipients = [address for address in recipients if address not in refused]
+            owed = self._owed_after(event_id, refused)
+            recipients = [address for address in recipients if address not in refused]
             log.info("emailed event %s (%s) to %s", event_id, event["type"], ", ".join(recipients))
         try:
-            self.catalog.record_email_sent(event_id, recipients)
+            self.catalog.record_email_sent(event_id, recipients, pending=owed)
         except Exception:
             # The email went out: deleting the message is right; only dedup is weakened.
             log.exception("event %s emailed but not recorded in the catalog", event_id)
-        return Outcome.DONE
+            return Outcome.DONE
+        return Outcome.RETRY if owed else Outcome.DONE
+
+    def _owed_after(self, event_id: str, refused: Refusals) -> list[str]:
+        """The recipients to try again on the message's next delivery: those refused for
+        now (4xx), as long as the message lasts in the queue, like any temporary failure.
+        The others got the email, so they are never sent it twice; one refused for good
+        (5xx) is not retried."""
+        for_good = {a: r for a, r in refused.items() if r[0] >= 500}
+        for_now = {a: r for a, r in refused.items() if r[0] < 500}
+        if for_good:
+            log.warning(
+                "event %s: SMTP refused %s; emailed the other recipients, not retried",
+                event_id,
+                describe_refusals(for_good),
+            )
+        if not for_now:
+            return []
+        log.warning(
+            "event %s: SMTP refused %s for now; emailed the other recipients, retrying"
+            " those on the next delivery",
+            event_id,
+            describe_refusals(for_now),
+        )
+        return list(for_now)

@@ -1,11 +1,13 @@
 """`sftp-gateway notifier`: long-poll SQS, email each event, delete only what was sent.
 
-A message is deleted only after the email was accepted (or was already sent before,
-per the catalog). Failed sends and poison messages (unreadable, or every recipient
-refused for good by SMTP) stay in the queue: SQS redelivers them after the visibility
-timeout, and its redrive policy may move poison messages to a dead-letter queue;
-without one, a poison message is deleted on its `notifier.max_receives`-th delivery
-(one ERROR line), so none is retried forever.
+A message is deleted only after the email was accepted for every recipient, or
+refused for good for some (or was already sent before, per the catalog); recipients
+refused for now (4xx) are owed it, and only they get it at the next delivery. Failed
+sends and poison messages (unreadable, or every recipient refused for good by SMTP)
+stay in the queue: SQS redelivers them after the visibility timeout, and its redrive
+policy may move poison messages to a dead-letter queue; without one, a poison message
+is deleted on its `notifier.max_receives`-th delivery (one ERROR line), so none is
+retried forever.
 SIGTERM lets the message in hand finish.
 """
 
