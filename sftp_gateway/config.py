@@ -567,6 +567,16 @@ class NotifierConfig(_Section):
             raise ValueError("choose one of ssl (implicit TLS) and starttls")
         return self
 
+    @field_validator("recipients")
+    @classmethod
+    def _plain_recipients(cls, value: list[str]) -> list[str]:
+        return [_plain_address(address) for address in value]
+
+    @field_validator("user_recipients")
+    @classmethod
+    def _plain_user_recipients(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {user: [_plain_address(a) for a in addresses] for user, addresses in value.items()}
+
     def password(self) -> str | None:
         """The SMTP password, read from the env var the config names."""
         if not self.password_env:
@@ -575,6 +585,16 @@ class NotifierConfig(_Section):
         if value is None:
             raise ConfigError(f"notifier.password_env: env var {self.password_env} is not set")
         return value
+
+
+def _plain_address(value: str) -> str:
+    """A recipient the notifier can use: one `local@domain`, no display name or list
+    (the notifier would skip it at every email, so nobody would ever get one)."""
+    from sftp_gateway.notifier.render import valid_address
+
+    if valid_address(value) is None:
+        raise ValueError(f"{value!r} is not one plain email address (local@domain)")
+    return value
 
 
 _NOT_IN_EXTENSIONS = frozenset("*?[]/\\")

@@ -198,6 +198,15 @@ HUGE_SIZE = "1" + "0" * 400 + "KiB"
             ' (here false): put the value in quotes, e.g. region: "no"',
         ),
         ("server:\nstorage: {bucket: abc}", "server: the section is empty"),
+        # the notifier would skip it at every email: nobody would ever get one
+        (
+            "storage: {bucket: abc}\nnotifier: {recipients: ['Ops <ops@example.com>']}",
+            "notifier.recipients: 'Ops <ops@example.com>' is not one plain email address",
+        ),
+        (
+            "storage: {bucket: abc}\nnotifier: {user_recipients: {alice: ['a@x.com, b@x.com']}}",
+            "notifier.user_recipients: 'a@x.com, b@x.com' is not one plain email address",
+        ),
     ],
 )
 def test_values_that_would_fail_later_are_refused_naming_the_field(
@@ -235,13 +244,12 @@ def test_text_fields_keep_unquoted_numbers_and_dates_as_written(
         tmp_path,
         "storage: {bucket: abc, prefix: 2024_01}\n"
         "server: {instance_id: 007}\n"
-        "notifier: {username: 1.10, recipients: [2024], user_recipients: {007: [a@b.c]}}\n",
+        "notifier: {username: 1.10, user_recipients: {007: [a@b.c]}}\n",
     )
     settings = load_settings(path)
     assert settings.storage.prefix == "2024_01"  # not YAML 1.1's 202401
     assert settings.server.instance_id == "007"  # not 7
     assert settings.notifier.username == "1.10"
-    assert settings.notifier.recipients == ["2024"]
     assert settings.notifier.user_recipients == {"007": ["a@b.c"]}
     monkeypatch.setenv("SFTP_GATEWAY__STORAGE__PREFIX", "2024-01-01")
     assert load_settings(path).storage.prefix == "2024-01-01"
