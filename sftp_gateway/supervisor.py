@@ -187,12 +187,23 @@ class Heartbeat:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._last = -HEARTBEAT_EVERY
+        self._warned = False
 
     def beat(self) -> None:
+        """Touch the file; never raises, since it runs in the accept loop. Its directory
+        removed (a /tmp cleaner) is made again; another failure is logged once, and the
+        supervisor will then see the worker as stuck and replace it."""
         now = time.monotonic()
-        if now - self._last >= HEARTBEAT_EVERY:
+        if now - self._last < HEARTBEAT_EVERY:
+            return
+        self._last = now
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
-            self._last = now
+        except OSError as exc:
+            if not self._warned:
+                log.warning("cannot write the heartbeat file %s: %s", self.path, exc)
+                self._warned = True
 
     @staticmethod
     def stamp(path: Path) -> int | None:
@@ -201,7 +212,7 @@ class Heartbeat:
         must not make every worker look stuck at once."""
         try:
             return path.stat().st_mtime_ns
-        except FileNotFoundError:
+        except OSError:
             return None
 
 

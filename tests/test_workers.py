@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -311,3 +312,23 @@ def test_heartbeat_marks_change_with_each_beat_and_not_between(tmp_path: Path) -
     time.sleep(supervisor.HEARTBEAT_EVERY + 0.05)
     heart.beat()
     assert supervisor.Heartbeat.stamp(path) != first
+
+
+def test_a_heartbeat_whose_directory_was_removed_makes_it_again(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeats" / "worker-0"
+    heart = supervisor.Heartbeat(path)
+    heart.beat()
+    shutil.rmtree(path.parent)  # a /tmp cleaner
+    time.sleep(supervisor.HEARTBEAT_EVERY + 0.05)
+    heart.beat()  # in the accept loop: must not raise
+    assert supervisor.Heartbeat.stamp(path) is not None
+
+
+def test_a_heartbeat_that_cannot_be_written_does_not_raise_in_the_accept_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    heart = supervisor.Heartbeat(tmp_path / "a-file" / "worker-0")
+    heart.beat()
+    assert supervisor.Heartbeat.stamp(heart.path) is None
+    assert "cannot write the heartbeat file" in caplog.text
