@@ -590,6 +590,8 @@ class NotifierConfig(_Section):
 def _plain_address(value: str) -> str:
     """A recipient the notifier can use: one `local@domain`, no display name or list
     (the notifier would skip it at every email, so nobody would ever get one)."""
+    # The notifier's own rule, so the two never disagree; imported here, so loading
+    # the config does not load the notifier.
     from sftp_gateway.notifier.render import valid_address
 
     if valid_address(value) is None:
