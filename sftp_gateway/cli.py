@@ -862,10 +862,10 @@ def bans() -> None:
     """Addresses banned after failed logins (shared by every instance on the catalog)."""
 
 
-def _ban_store(config_path: Path | None):  # type: ignore[no-untyped-def]
+def _ban_store(settings: Settings):  # type: ignore[no-untyped-def]
     from sftp_gateway.catalog.bans import BanStore
 
-    return BanStore(_catalog(_settings(config_path)).engine)
+    return BanStore(_catalog(settings).engine)
 
 
 @bans.command("list")
@@ -874,7 +874,7 @@ def _ban_store(config_path: Path | None):  # type: ignore[no-untyped-def]
 @reports_errors
 def bans_list(as_json: bool, config_path: Path | None) -> None:
     """List active bans: address, until, score, reason."""
-    records = _ban_store(config_path).active_bans()
+    records = _ban_store(_settings(config_path)).active_bans()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))
         return
@@ -906,9 +906,7 @@ def bans_remove(address: str, config_path: Path | None) -> None:
         raise click.BadParameter(
             f"{address!r} is not an IP address or network", param_hint="ADDRESS"
         )
-    from sftp_gateway.catalog.bans import BanStore
-
-    if not BanStore(_catalog(settings).engine).remove_ban(key):
+    if not _ban_store(settings).remove_ban(key):
         fail(f"{key} is not banned", 1)
     click.echo(f"removed ban on {key}")
 
