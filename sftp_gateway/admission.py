@@ -212,7 +212,7 @@ class Admission:
     def admit(self, address: str, sock: socket.socket) -> Ticket | None:
         """A Ticket for a connection allowed to start its handshake, or None (logged)."""
         source = self.source(address)
-        until = self.banned_until(source)
+        until = self._ban_ends(source)
         if until is not None:
             log.warning(
                 "refused %s: banned until %s",
@@ -259,9 +259,12 @@ class Admission:
     def banned_until(self, address: str) -> datetime | None:
         """When the ban on the address's source ends, if it is banned now (from the
         cache); `address` may be the source already."""
+        return self._ban_ends(self.source(address))
+
+    def _ban_ends(self, source: str) -> datetime | None:
         if self._bans is None:
             return None
-        until = self._banned.get(self.source(address))
+        until = self._banned.get(source)
         if until is None or until <= datetime.now(UTC):
             return None
         return until
@@ -413,7 +416,7 @@ class Admission:
                 next_purge = now + PURGE_SECONDS
 
     def _record_score(self, source: str, points: int, reason: str) -> None:
-        if self._bans is None or self.banned_until(source) is not None:
+        if self._bans is None or self._ban_ends(source) is not None:
             return
         config = self.ban_config
         try:
