@@ -187,3 +187,12 @@ class OutboxEvent:
     event_type: str
     payload: dict[str, Any]
     attempts: int
+
+
+@dataclass(frozen=True)
+class EmailRecord:
+    """What the catalog knows of one event's email: who got it, and whether anyone is
+    still owed it (an SMTP server refused them for now)."""
+
+    recipients: frozenset[str]
+    complete: bool

@@ -36,6 +36,7 @@ from sftp_gateway import metrics
 from sftp_gateway.catalog.models import OutboxRow, SentEmailRow, UploadRow, UserKeyRow, UserRow
 from sftp_gateway.events.schema import build_upload_event
 from sftp_gateway.records import (
+    EmailRecord,
     OutboxEvent,
     Principal,
     PublicKey,
@@ -741,15 +742,17 @@ class Catalog:
 
     def email_already_sent(self, event_id: str) -> bool:
         """Whether the event was emailed and no recipient is still owed it."""
-        with self._tx() as session:
-            row = session.get(SentEmailRow, event_id)
-            return row is not None and not row.pending
+        record = self.email_record(event_id)
+        return record is not None and record.complete
 
-    def emailed_recipients(self, event_id: str) -> set[str]:
-        """Who already got the event's email (a delivery that left others owed it)."""
+    def email_record(self, event_id: str) -> EmailRecord | None:
+        """Who already got the event's email and whether anyone is still owed it; None
+        before its first delivery."""
         with self._tx() as session:
             row = session.get(SentEmailRow, event_id)
-            return set(_addresses(row.recipients)) if row is not None else set()
+            if row is None:
+                return None
+            return EmailRecord(frozenset(_addresses(row.recipients)), not row.pending)
 
     def record_email_sent(
         self, event_id: str, recipients: Sequence[str], pending: Sequence[str] = ()

@@ -121,10 +121,11 @@ class EventProcessor:
         event_id = event["event_id"]
         try:
             with self.catalog.email_guard(event_id):
-                if self.catalog.email_already_sent(event_id):
+                record = self.catalog.email_record(event_id)
+                if record is not None and record.complete:
                     log.info("event %s was already emailed; dropping the duplicate", event_id)
                     return Outcome.DONE
-                return self._send(event)
+                return self._send(event, record.recipients if record else frozenset())
         except _Unrenderable as exc:
             return self._poison(
                 f"(event {event_id}) cannot be rendered ({exc})", message_id, receive_count
@@ -161,10 +162,11 @@ class EventProcessor:
         )
         return Outcome.MALFORMED
 
-    def _send(self, event: dict[str, Any]) -> Outcome:
+    def _send(self, event: dict[str, Any], already: frozenset[str]) -> Outcome:
+        """Email those of the event's recipients not `already` emailed (by an earlier
+        delivery that left others owed it), and record who got it."""
         event_id = event["event_id"]
         user = str(event["user"])
-        already = self.catalog.emailed_recipients(event_id)  # an earlier, partial delivery
         if not already and event["type"] == UPLOAD_FAILED and self.failure_limiter.exceeded(user):
             log.warning(
                 "event %s (upload.failed by %s) not emailed: over notifier.failure_email_limit"
